@@ -30,3 +30,8 @@ pub use role::Role;
 /// `make migrate` from the repository. The migrations adopt a database whose schema was created by the
 /// older TypeScript tooling: they change no row there and are recorded as applied.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -177,7 +177,10 @@ mod tests {
 
     #[test]
     fn spellings_round_trip_and_fit_the_column() {
-        assert_eq!(Role::NAMES, ["user", "admin", "subscriber_basic", "subscriber_pro"]);
+        assert_eq!(
+            Role::NAMES,
+            ["user", "admin", "subscriber_basic", "subscriber_pro"]
+        );
         assert_eq!(Role::ALL.to_vec(), Role::all().collect::<Vec<_>>());
         for role in Role::ALL {
             let s = role.as_str();
@@ -188,13 +191,24 @@ mod tests {
             assert_eq!(Role::try_from(s).unwrap(), role);
             assert!(Role::is_valid(s));
             assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{s}\""));
-            assert_eq!(serde_json::from_str::<Role>(&format!("\"{s}\"")).unwrap(), role);
+            assert_eq!(
+                serde_json::from_str::<Role>(&format!("\"{s}\"")).unwrap(),
+                role
+            );
         }
     }
 
     #[test]
     fn invalid_roles_are_typed_errors_listing_the_valid_ones() {
-        for bad in ["", "Admin", " admin", "admin ", "superuser", "subscriber-pro", "user\0"] {
+        for bad in [
+            "",
+            "Admin",
+            " admin",
+            "admin ",
+            "superuser",
+            "subscriber-pro",
+            "user\0",
+        ] {
             assert!(!Role::is_valid(bad));
             match bad.parse::<Role>() {
                 Err(Error::InvalidRole { value, valid }) => {

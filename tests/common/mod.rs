@@ -1,0 +1,190 @@
+//! Helpers shared by the integration tests: reading the `users` table's shape from the catalog.
+#![allow(dead_code)]
+
+use sqlx::PgExecutor;
+
+/// One column as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Column {
+    pub name: String,
+    pub data_type: String,
+    pub max_length: Option<i32>,
+    pub default: Option<String>,
+    pub nullable: bool,
+}
+
+/// One constraint: name, kind (`p`, `u`, `c`, `f`), its definition, and whether it is validated.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Constraint {
+    pub name: String,
+    pub kind: String,
+    pub definition: String,
+    pub validated: bool,
+}
+
+/// The `users` table's columns, constraints and index definitions, in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersShape {
+    pub columns: Vec<Column>,
+    pub constraints: Vec<Constraint>,
+    pub indexes: Vec<(String, String)>,
+}
+
+pub async fn users_shape<'c, E>(conn: E) -> UsersShape
+where
+    E: PgExecutor<'c> + Copy,
+{
+    let columns = sqlx::query_as::<_, Column>(
+        "SELECT column_name::text AS name, data_type::text AS data_type,
+                character_maximum_length::int4 AS max_length, column_default::text AS default,
+                is_nullable = 'YES' AS nullable
+         FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'users'
+         ORDER BY ordinal_position",
+    )
+    .fetch_all(conn)
+    .await
+    .expect("read columns");
+    let constraints = sqlx::query_as::<_, Constraint>(
+        "SELECT conname::text AS name, contype::text AS kind, pg_get_constraintdef(oid) AS definition,
+                convalidated AS validated
+         FROM pg_constraint WHERE conrelid = 'users'::regclass ORDER BY conname",
+    )
+    .fetch_all(conn)
+    .await
+    .expect("read constraints");
+    let indexes = sqlx::query_as::<_, (String, String)>(
+        "SELECT indexname::text, indexdef FROM pg_indexes
+         WHERE schemaname = current_schema() AND tablename = 'users' ORDER BY indexname",
+    )
+    .fetch_all(conn)
+    .await
+    .expect("read indexes");
+    UsersShape {
+        columns,
+        constraints,
+        indexes,
+    }
+}
+
+fn column(
+    name: &str,
+    data_type: &str,
+    max_length: Option<i32>,
+    default: Option<&str>,
+    nullable: bool,
+) -> Column {
+    Column {
+        name: name.into(),
+        data_type: data_type.into(),
+        max_length,
+        default: default.map(Into::into),
+        nullable,
+    }
+}
+
+fn constraint(name: &str, kind: &str, definition: &str) -> Constraint {
+    Constraint {
+        name: name.into(),
+        kind: kind.into(),
+        definition: definition.into(),
+        validated: true,
+    }
+}
+
+/// The shape the migrations must produce, written out by hand from the issue's specification.
+pub fn expected_users_shape() -> UsersShape {
+    UsersShape {
+        columns: vec![
+            column("id", "integer", None, Some("nextval('users_id_seq'::regclass)"), false),
+            column("username", "character varying", Some(50), None, false),
+            column("email", "character varying", Some(255), None, false),
+            column("is_active", "boolean", None, Some("true"), false),
+            column("created_at", "timestamp without time zone", None, Some("now()"), false),
+            column("updated_at", "timestamp without time zone", None, Some("now()"), false),
+            column("identity_provider", "character varying", Some(20), None, true),
+            column("identity_sub", "character varying", Some(255), None, true),
+            column("display_name", "character varying", Some(100), None, true),
+            column("identity_picture_url", "text", None, None, true),
+            column("role", "character varying", Some(20), Some("'user'::character varying"), false),
+            column("last_login_at", "timestamp without time zone", None, None, true),
+        ],
+        constraints: vec![
+            constraint("users_email_unique", "u", "UNIQUE (email)"),
+            constraint(
+                "users_identity_pair_check",
+                "c",
+                "CHECK ((((identity_provider IS NULL) AND (identity_sub IS NULL)) OR ((identity_provider IS NOT NULL) AND (identity_sub IS NOT NULL) AND ((identity_provider)::text <> ''::text) AND ((identity_sub)::text <> ''::text))))",
+            ),
+            constraint("users_pkey", "p", "PRIMARY KEY (id)"),
+            constraint(
+                "users_role_check",
+                "c",
+                "CHECK (((role)::text = ANY ((ARRAY['user'::character varying, 'admin'::character varying, 'subscriber_basic'::character varying, 'subscriber_pro'::character varying])::text[])))",
+            ),
+            constraint("users_username_unique", "u", "UNIQUE (username)"),
+        ],
+        indexes: vec![
+            (
+                "users_email_unique".into(),
+                "CREATE UNIQUE INDEX users_email_unique ON public.users USING btree (email)".into(),
+            ),
+            (
+                "users_identity_provider_sub_idx".into(),
+                "CREATE UNIQUE INDEX users_identity_provider_sub_idx ON public.users USING btree (identity_provider, identity_sub) WHERE (identity_provider IS NOT NULL)".into(),
+            ),
+            ("users_pkey".into(), "CREATE UNIQUE INDEX users_pkey ON public.users USING btree (id)".into()),
+            (
+                "users_username_unique".into(),
+                "CREATE UNIQUE INDEX users_username_unique ON public.users USING btree (username)".into(),
+            ),
+        ],
+    }
+}
+
+/// The versions of the crate's up migrations, in order.
+pub fn all_versions() -> Vec<i64> {
+    livermore_db::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect()
+}
+
+/// The versions recorded as successfully applied.
+pub async fn applied_versions<'c>(conn: impl PgExecutor<'c>) -> Vec<i64> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(conn)
+    .await
+    .expect("read _sqlx_migrations")
+}
+
+/// Every row of a table as JSON, one line each, ordered by id: compares tables before and after.
+pub async fn rows_of<'c>(conn: impl PgExecutor<'c>, table: &'static str) -> String {
+    let sql = match table {
+        "users" => {
+            "SELECT coalesce(string_agg(to_jsonb(t)::text, E'\\n' ORDER BY id), '') FROM users t"
+        }
+        "watchlists" => {
+            "SELECT coalesce(string_agg(to_jsonb(t)::text, E'\\n' ORDER BY id), '') FROM watchlists t"
+        }
+        other => panic!("no snapshot query for {other}"),
+    };
+    sqlx::query_scalar::<_, String>(sql)
+        .fetch_one(conn)
+        .await
+        .expect("snapshot rows")
+}
+
+/// The columns that existed before IAM, one line per user ordered by id.
+pub async fn pre_iam_rows<'c>(conn: impl PgExecutor<'c>) -> String {
+    sqlx::query_scalar::<_, String>(
+        "SELECT coalesce(string_agg(concat_ws('|', id, username, email, is_active, created_at, updated_at),
+                                    E'\\n' ORDER BY id), '') FROM users",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("snapshot pre-IAM columns")
+}

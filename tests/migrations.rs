@@ -1,0 +1,249 @@
+//! The migrations against a real PostgreSQL: the exact schema they produce, adoption of the databases the
+//! older tooling built, and up/down/up with downs that refuse to destroy data.
+mod common;
+
+use common::*;
+use livermore_db::MIGRATOR;
+use sqlx::PgPool;
+
+#[sqlx::test]
+async fn migrations_produce_the_specified_users_table(pool: PgPool) {
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+    assert_eq!(applied_versions(&pool).await, all_versions());
+}
+
+#[sqlx::test]
+async fn identity_pair_check_and_partial_unique_index_hold(pool: PgPool) {
+    let insert = |username: &'static str,
+                  provider: Option<&'static str>,
+                  sub: Option<&'static str>| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("INSERT INTO users (username, email, identity_provider, identity_sub) VALUES ($1, $1 || '@x.test', $2, $3)")
+                .bind(username)
+                .bind(provider)
+                .bind(sub)
+                .execute(&pool)
+                .await
+        }
+    };
+    // Users without an identity: any number of them, the index ignores them.
+    insert("a", None, None).await.expect("no identity");
+    insert("b", None, None)
+        .await
+        .expect("second user without identity");
+    insert("c", Some("clerk"), Some("user_1"))
+        .await
+        .expect("full identity");
+    insert("d", Some("google"), Some("user_1"))
+        .await
+        .expect("same sub at another provider");
+
+    let constraint_of = |r: Result<_, sqlx::Error>| match r {
+        Err(sqlx::Error::Database(e)) => e.constraint().map(str::to_owned),
+        other => panic!("expected a constraint violation, got {other:?}"),
+    };
+    assert_eq!(
+        constraint_of(insert("e", Some("clerk"), Some("user_1")).await).as_deref(),
+        Some("users_identity_provider_sub_idx")
+    );
+    for (provider, sub) in [
+        (Some("clerk"), None),
+        (None, Some("user_2")),
+        (Some(""), Some("x")),
+        (Some("clerk"), Some("")),
+    ] {
+        assert_eq!(
+            constraint_of(insert("f", provider, sub).await).as_deref(),
+            Some("users_identity_pair_check"),
+            "provider {provider:?}, sub {sub:?}"
+        );
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 4);
+}
+
+#[sqlx::test(migrations = false, fixtures("old_schema_pre_iam"))]
+async fn adopts_a_pre_iam_database_without_changing_rows(pool: PgPool) {
+    let users_before = pre_iam_rows(&pool).await;
+    let watchlists_before = rows_of(&pool, "watchlists").await;
+    assert_eq!(users_before.lines().count(), 3);
+
+    MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations adopt the pre-IAM schema");
+
+    assert_eq!(pre_iam_rows(&pool).await, users_before);
+    assert_eq!(rows_of(&pool, "watchlists").await, watchlists_before);
+    // The new columns hold their defaults on the old rows.
+    let defaults: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT role::text, identity_provider::text, last_login_at::text FROM users ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(defaults, vec![("user".to_owned(), None, None); 3]);
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+    assert_eq!(applied_versions(&pool).await, all_versions());
+
+    // Running again is a no-op.
+    MIGRATOR.run(&pool).await.expect("second run");
+    assert_eq!(pre_iam_rows(&pool).await, users_before);
+
+    // The baseline's down refuses to drop the adopted table (after the IAM down removed its own columns).
+    let err = MIGRATOR
+        .undo(&pool, 0)
+        .await
+        .expect_err("the adopted users table must not be dropped");
+    assert!(
+        err.to_string().contains("refusing to drop table users"),
+        "{err}"
+    );
+    assert_eq!(pre_iam_rows(&pool).await, users_before);
+    assert_eq!(rows_of(&pool, "watchlists").await, watchlists_before);
+}
+
+#[sqlx::test(migrations = false, fixtures("old_schema_with_iam"))]
+async fn adopts_a_database_that_already_has_the_iam_columns(pool: PgPool) {
+    let users_before = rows_of(&pool, "users").await;
+    let watchlists_before = rows_of(&pool, "watchlists").await;
+    assert_eq!(users_before.lines().count(), 3);
+
+    MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations adopt the IAM schema");
+
+    assert_eq!(rows_of(&pool, "users").await, users_before);
+    assert_eq!(rows_of(&pool, "watchlists").await, watchlists_before);
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+    assert_eq!(applied_versions(&pool).await, all_versions());
+
+    // Reverting IAM keeps the adopted columns and their data; it removes only its own checks.
+    MIGRATOR
+        .undo(&pool, 1)
+        .await
+        .expect("IAM down on an adopted schema");
+    assert_eq!(rows_of(&pool, "users").await, users_before);
+    let shape = users_shape(&pool).await;
+    assert_eq!(shape.columns, expected_users_shape().columns);
+    assert!(
+        shape
+            .constraints
+            .iter()
+            .all(|c| !c.name.ends_with("_check")),
+        "{:?}",
+        shape.constraints
+    );
+}
+
+#[sqlx::test(migrations = false, fixtures("old_schema_with_iam"))]
+async fn adoption_succeeds_when_old_rows_break_the_new_checks(pool: PgPool) {
+    sqlx::query("UPDATE users SET role = 'superuser' WHERE username = 'grace'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET identity_sub = NULL WHERE username = 'linus'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let users_before = rows_of(&pool, "users").await;
+
+    MIGRATOR
+        .run(&pool)
+        .await
+        .expect("adoption must not fail on old rows");
+
+    assert_eq!(rows_of(&pool, "users").await, users_before);
+    let shape = users_shape(&pool).await;
+    let checks: Vec<_> = shape
+        .constraints
+        .iter()
+        .filter(|c| c.kind == "c")
+        .map(|c| (c.name.as_str(), c.validated))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("users_identity_pair_check", false),
+            ("users_role_check", false)
+        ]
+    );
+    // Still enforced for new writes.
+    let err = sqlx::query("UPDATE users SET role = 'root' WHERE username = 'ada'")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.constraint()),
+        Some("users_role_check")
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn up_down_up(pool: PgPool) {
+    MIGRATOR.run(&pool).await.expect("up");
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+
+    MIGRATOR
+        .undo(&pool, 0)
+        .await
+        .expect("down to nothing on an empty database");
+    let users: Option<String> = sqlx::query_scalar("SELECT to_regclass('users')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        users, None,
+        "users was created by the baseline and empty, so its down drops it"
+    );
+    assert_eq!(applied_versions(&pool).await, Vec::<i64>::new());
+
+    MIGRATOR.run(&pool).await.expect("up again");
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+    assert_eq!(applied_versions(&pool).await, all_versions());
+}
+
+#[sqlx::test(migrations = false)]
+async fn downs_refuse_to_destroy_data(pool: PgPool) {
+    MIGRATOR.run(&pool).await.expect("up");
+    sqlx::query("INSERT INTO users (username, email, identity_provider, identity_sub) VALUES ('ada', 'ada@x.test', 'clerk', 'user_1')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before = rows_of(&pool, "users").await;
+
+    let err = MIGRATOR
+        .undo(&pool, 1)
+        .await
+        .expect_err("IAM down must refuse while identity data exists");
+    assert!(
+        err.to_string()
+            .contains("refusing to drop column users.identity_provider"),
+        "{err}"
+    );
+    assert_eq!(rows_of(&pool, "users").await, before);
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+    assert_eq!(applied_versions(&pool).await, all_versions());
+
+    // With the identity data cleared the IAM down goes through, and the baseline's down still refuses:
+    // the table holds a row.
+    sqlx::query("UPDATE users SET identity_provider = NULL, identity_sub = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    MIGRATOR
+        .undo(&pool, 1)
+        .await
+        .expect("IAM down with no identity data");
+    let err = MIGRATOR
+        .undo(&pool, 0)
+        .await
+        .expect_err("baseline down must refuse on a non-empty table");
+    assert!(err.to_string().contains("holds 1 rows"), "{err}");
+    assert_eq!(pre_iam_rows(&pool).await.lines().count(), 1);
+}
