@@ -18,7 +18,7 @@ ifeq ($(filter $(ENV),$(VALID_ENVS)),)
 $(error unknown ENV '$(ENV)'; valid: $(VALID_ENVS))
 endif
 
-.PHONY: help db-up db-down db-url sqlx-cli migrate prepare test lint fmt
+.PHONY: help db-up db-down db-url sqlx-cli migrate prepare test lint fmt example
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -63,8 +63,12 @@ test: sqlx-cli migrate ## Everything CI checks: tests (offline build), cache che
 	$(CARGO) sqlx prepare --check -- --all-targets; \
 	$(MAKE) --no-print-directory lint
 
-lint: ## clippy with -D warnings and rustfmt --check, built offline
-	SQLX_OFFLINE=true $(CARGO) clippy --all-targets -- -D warnings
+example: migrate ## Run examples/sign_in.rs against the database: sign in twice, log in, set a role
+	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+	SQLX_OFFLINE=true $(CARGO) run --quiet --example sign_in
+
+lint: ## clippy with -D warnings and rustfmt --check, built offline with no DATABASE_URL
+	env -u DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) fmt --check
 
 fmt: ## Format the code

@@ -11,6 +11,57 @@ pub enum Error {
         valid: &'static str,
     },
 
+    /// An input failed validation before any SQL ran.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// Which input: `provider`, `subject`, `email`, `display_name`, `picture_url`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The email address belongs to a different user (`users_email_unique`). Nothing was written: an
+    /// existing account is linked to an identity only by an explicit
+    /// [`link_identity`](crate::link_identity). The message leaves the address out of logs.
+    #[error("the email address is already used by another user")]
+    EmailTaken {
+        /// The address that is taken.
+        email: String,
+    },
+
+    /// The identity (provider and subject) already belongs to another user
+    /// (`users_identity_provider_sub_idx`).
+    #[error("the {provider} identity is already linked to another user")]
+    IdentityTaken {
+        /// The identity's provider.
+        provider: String,
+        /// The identity's subject.
+        subject: String,
+    },
+
+    /// The user is already linked to a different identity; it is never replaced silently.
+    #[error("user {user_id} is already linked to a different identity")]
+    AlreadyLinked {
+        /// The user.
+        user_id: i32,
+    },
+
+    /// No user has this id.
+    #[error("no user with id {user_id}")]
+    UserNotFound {
+        /// The id looked up.
+        user_id: i32,
+    },
+
+    /// Every username tried for a new user was taken, even with suffixes.
+    #[error("no free username derived from {base:?} after {attempts} attempts")]
+    UsernameExhausted {
+        /// The username derived from the email's local part.
+        base: String,
+        /// How many candidates were tried.
+        attempts: u32,
+    },
+
     /// A migration could not be applied, reverted or verified.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

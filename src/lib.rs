@@ -1,8 +1,14 @@
 //! # livermore-db
 //!
 //! The identity-and-access (IAM) part of the Livermore trading platform's PostgreSQL database:
-//! the `users` table's schema as [sqlx migrations](MIGRATOR), and the [`Role`] enum stored in its
-//! `role` column.
+//! the `users` table's schema as [sqlx migrations](MIGRATOR), the [`Role`] enum stored in its `role`
+//! column, and the functions that find, create and update users signing in through an identity
+//! provider ([`sign_in`], [`find_by_identity`], [`link_identity`], [`record_login`], [`set_role`],
+//! [`list_by_role`], [`deactivate`]).
+//!
+//! Inputs are parsed once into types that can only hold valid values ([`Profile`], [`Identity`],
+//! [`Email`], …), so bad input is an [`Error::InvalidInput`] before any SQL runs. Times are UTC
+//! whatever the server's or session's `TimeZone` (see [`User`]).
 //!
 //! Every statement this crate runs is a `sqlx::query!` family macro, checked at compile time against
 //! the offline cache committed in `.sqlx/`, so dependants build without a database.
@@ -19,10 +25,18 @@
 #![warn(missing_docs)]
 
 mod error;
+mod input;
 mod role;
+mod users;
 
 pub use error::Error;
+pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
 pub use role::Role;
+pub use users::{
+    SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
+    find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
+    username_from_email,
+};
 
 /// The crate's migrations (`migrations/` in the repository), embedded at compile time.
 ///

@@ -100,8 +100,9 @@ pub fn expected_users_shape() -> UsersShape {
             column("username", "character varying", Some(50), None, false),
             column("email", "character varying", Some(255), None, false),
             column("is_active", "boolean", None, Some("true"), false),
-            column("created_at", "timestamp without time zone", None, Some("now()"), false),
-            column("updated_at", "timestamp without time zone", None, Some("now()"), false),
+            // Migration 0003: UTC whatever the session's TimeZone (the baseline had `now()`).
+            column("created_at", "timestamp without time zone", None, Some("(now() AT TIME ZONE 'UTC'::text)"), false),
+            column("updated_at", "timestamp without time zone", None, Some("(now() AT TIME ZONE 'UTC'::text)"), false),
             column("identity_provider", "character varying", Some(20), None, true),
             column("identity_sub", "character varying", Some(255), None, true),
             column("display_name", "character varying", Some(100), None, true),
@@ -140,6 +141,17 @@ pub fn expected_users_shape() -> UsersShape {
             ),
         ],
     }
+}
+
+/// The shape after reverting 0003: the baseline's `now()` defaults on `created_at` and `updated_at`.
+pub fn expected_users_shape_before_0003() -> UsersShape {
+    let mut shape = expected_users_shape();
+    for c in &mut shape.columns {
+        if c.name == "created_at" || c.name == "updated_at" {
+            c.default = Some("now()".into());
+        }
+    }
+    shape
 }
 
 /// The versions of the crate's up migrations, in order.

@@ -1,0 +1,556 @@
+//! The `users` table: look-ups, the sign-in upsert, linking, logins, roles, deactivation.
+//!
+//! Every function takes an executor (`&PgPool`, `&mut PgConnection`, `&mut *transaction`) or, where it
+//! needs more than one statement, something to [`Acquire`] a connection from, so callers can compose them
+//! inside their own transactions. Functions that may fail on a constraint run inside a savepoint when
+//! given a transaction, so an error from them leaves the caller's transaction usable.
+//!
+//! Times are UTC. The columns are `timestamp` (no zone) holding UTC wall-clock time; this crate writes
+//! them as `now() AT TIME ZONE 'UTC'` (and the table's defaults do the same), so neither the server's nor
+//! the session's `TimeZone` shifts them, and it reads them back as [`DateTime<Utc>`].
+
+use std::hash::{BuildHasher, RandomState};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Acquire, Connection, PgConnection, PgExecutor, Postgres};
+
+use crate::error::Error;
+use crate::input::{Email, Identity, Profile};
+use crate::role::Role;
+
+/// A user's id (`users.id`, a `serial`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[sqlx(transparent)]
+#[serde(transparent)]
+pub struct UserId(pub i32);
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A row of `users`, every column typed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The primary key.
+    pub id: UserId,
+    /// Unique; derived from the email's local part for users created by [`sign_in`].
+    pub username: String,
+    /// Unique email address.
+    pub email: String,
+    /// `false` once [`deactivate`]d; the row and its identity stay.
+    pub is_active: bool,
+    /// When the row was created (UTC).
+    pub created_at: DateTime<Utc>,
+    /// When the row was last written (UTC).
+    pub updated_at: DateTime<Utc>,
+    /// The identity provider, e.g. `clerk`; `None` for a user without an external identity.
+    pub identity_provider: Option<String>,
+    /// The provider's id of the user; `None` exactly when `identity_provider` is.
+    pub identity_sub: Option<String>,
+    /// The name the provider gave.
+    pub display_name: Option<String>,
+    /// The picture the provider gave.
+    pub identity_picture_url: Option<String>,
+    /// What the user may do.
+    pub role: Role,
+    /// The last [`record_login`] (UTC).
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+/// A `users` row as the database returns it: `timestamp` columns are naive, holding UTC.
+struct UserRow {
+    id: UserId,
+    username: String,
+    email: String,
+    is_active: bool,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    identity_provider: Option<String>,
+    identity_sub: Option<String>,
+    display_name: Option<String>,
+    identity_picture_url: Option<String>,
+    role: Role,
+    last_login_at: Option<NaiveDateTime>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            id: r.id,
+            username: r.username,
+            email: r.email,
+            is_active: r.is_active,
+            created_at: r.created_at.and_utc(),
+            updated_at: r.updated_at.and_utc(),
+            identity_provider: r.identity_provider,
+            identity_sub: r.identity_sub,
+            display_name: r.display_name,
+            identity_picture_url: r.identity_picture_url,
+            role: r.role,
+            last_login_at: r.last_login_at.map(|t| t.and_utc()),
+        }
+    }
+}
+
+/// What [`sign_in`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// The user, as stored after the sign-in.
+    pub user: User,
+    /// `true` when this sign-in created the user, `false` when it updated an existing one.
+    pub created: bool,
+}
+
+/// Finds the user holding an identity; `Ok(None)` when there is none.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: &sqlx::PgPool) -> Result<(), livermore_db::Error> {
+/// use livermore_db::{Identity, find_by_identity};
+///
+/// let identity = Identity::parse("clerk", "user_2NNEqL2nrIRdJ194ndJqAHwEfxC")?;
+/// match find_by_identity(pool, &identity).await? {
+///     Some(user) => println!("{} is user {}", user.username, user.id),
+///     None => println!("not signed up yet"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub async fn find_by_identity(
+    executor: impl PgExecutor<'_>,
+    identity: &Identity,
+) -> Result<Option<User>, Error> {
+    let row = sqlx::query_as!(
+        UserRow,
+        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                  identity_provider, identity_sub, display_name, identity_picture_url,
+                  role AS "role: Role", last_login_at
+           FROM users
+           WHERE identity_provider = $1 AND identity_sub = $2"#,
+        identity.provider.as_str(),
+        identity.subject.as_str(),
+    )
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(User::from))
+}
+
+/// Finds a user by id; `Ok(None)` when there is none.
+pub async fn find_by_id(executor: impl PgExecutor<'_>, id: UserId) -> Result<Option<User>, Error> {
+    let row = sqlx::query_as!(
+        UserRow,
+        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                  identity_provider, identity_sub, display_name, identity_picture_url,
+                  role AS "role: Role", last_login_at
+           FROM users
+           WHERE id = $1"#,
+        id.0,
+    )
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(User::from))
+}
+
+/// Finds a user by email address (an exact, case-sensitive match, as `users_email_unique` compares);
+/// `Ok(None)` when there is none.
+pub async fn find_by_email(
+    executor: impl PgExecutor<'_>,
+    email: &Email,
+) -> Result<Option<User>, Error> {
+    let row = sqlx::query_as!(
+        UserRow,
+        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                  identity_provider, identity_sub, display_name, identity_picture_url,
+                  role AS "role: Role", last_login_at
+           FROM users
+           WHERE email = $1"#,
+        email.as_str(),
+    )
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(User::from))
+}
+
+/// The most candidates [`sign_in`] tries for a new user's username before giving up with
+/// [`Error::UsernameExhausted`].
+pub const USERNAME_ATTEMPTS: u32 = 8;
+
+const USERNAME_MAX_CHARS: usize = 50;
+
+/// The username a new user gets from an email's local part (without a `+tag`): lower-cased, only `a-z`, `0-9`, `.`, `_`
+/// and `-` kept, at most 50 characters; `user` when nothing is left.
+pub fn username_from_email(email: &Email) -> String {
+    let local = email.local_part();
+    // Sub-addressing (`ada+trading@…`) is the same person: drop the tag.
+    let local = local.split_once('+').map_or(local, |(name, _)| name);
+    let mut name: String = local
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        .take(USERNAME_MAX_CHARS)
+        .collect();
+    if name.is_empty() {
+        name.push_str("user");
+    }
+    name
+}
+
+/// `base` cut so that `base_suffix` fits the username column (the base is ASCII).
+fn with_suffix(base: &str, suffix: &str) -> String {
+    let keep = USERNAME_MAX_CHARS
+        .saturating_sub(suffix.len() + 1)
+        .min(base.len());
+    format!("{}_{suffix}", &base[..keep])
+}
+
+/// A random 6-digit suffix, from the standard library's per-process random hasher keys.
+fn random_suffix() -> String {
+    let n = RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000;
+    format!("{n:06}")
+}
+
+/// The `constraint` of a unique violation, if `e` is one.
+fn unique_violation(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint(),
+        _ => None,
+    }
+}
+
+/// Signs a user in from a provider profile: creates the user holding that identity, or updates the
+/// profile fields (email, display name, picture) of the user already holding it, in one atomic
+/// `INSERT … ON CONFLICT … DO UPDATE`, and returns the stored user.
+///
+/// - A new user's username comes from [`username_from_email`]; when taken, it is retried with a
+///   suffix (`ada_2`, then random ones), at most [`USERNAME_ATTEMPTS`] times, then
+///   [`Error::UsernameExhausted`].
+/// - An email address held by a different user is [`Error::EmailTaken`] and nothing is written: to
+///   attach an identity to an existing account, call [`link_identity`].
+/// - Concurrent sign-ins of the same identity all return the same user; exactly one creates it.
+/// - A deactivated user is signed in like any other (`is_active` stays `false`): the caller decides.
+/// - `last_login_at` is not touched: call [`record_login`].
+///
+/// Given a transaction, each attempt runs in a savepoint, so an error leaves the transaction usable.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(pool: &sqlx::PgPool) -> Result<(), livermore_db::Error> {
+/// use livermore_db::{Profile, sign_in};
+///
+/// let profile = Profile::parse(
+///     "clerk",
+///     "user_2NNEqL2nrIRdJ194ndJqAHwEfxC",
+///     "ada@example.com",
+///     Some("Ada Lovelace"),
+///     Some("https://img.clerk.com/ada.png"),
+/// )?;
+/// let signed_in = sign_in(pool, &profile).await?;
+/// println!("user {} (new: {})", signed_in.user.id, signed_in.created);
+///
+/// // Or inside your own transaction:
+/// let mut tx = pool.begin().await?;
+/// let again = sign_in(&mut *tx, &profile).await?;
+/// tx.commit().await?;
+/// assert_eq!(again.user.id, signed_in.user.id);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn sign_in<'c, A>(conn: A, profile: &Profile) -> Result<SignIn, Error>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut conn = conn.acquire().await?;
+    let base = username_from_email(&profile.email);
+    let mut username = base.clone();
+    let mut attempts = 1;
+    let mut email_retried = false;
+    loop {
+        let result = if conn.is_in_transaction() {
+            let mut savepoint = Connection::begin(&mut *conn).await?;
+            match upsert_identity(&mut savepoint, profile, &username).await {
+                Ok(done) => {
+                    savepoint.commit().await?;
+                    Ok(done)
+                }
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    Err(e)
+                }
+            }
+        } else {
+            upsert_identity(&mut conn, profile, &username).await
+        };
+        let e = match result {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
+        };
+        match unique_violation(&e) {
+            Some("users_username_unique") if attempts < USERNAME_ATTEMPTS => {
+                username = if attempts == 1 {
+                    first_free_numbered(&mut conn, &base).await?
+                } else {
+                    with_suffix(&base, &random_suffix())
+                };
+                attempts += 1;
+            }
+            Some("users_username_unique") => {
+                return Err(Error::UsernameExhausted { base, attempts });
+            }
+            // A concurrent sign-in of the same identity can make the insert collide on the email
+            // before it sees the identity; once more, and the identity's row is found.
+            Some("users_email_unique") if !email_retried => email_retried = true,
+            Some("users_email_unique") => {
+                return Err(Error::EmailTaken {
+                    email: profile.email.as_str().to_owned(),
+                });
+            }
+            _ => return Err(e.into()),
+        }
+    }
+}
+
+async fn upsert_identity(
+    conn: &mut PgConnection,
+    profile: &Profile,
+    username: &str,
+) -> Result<SignIn, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"INSERT INTO users (username, email, identity_provider, identity_sub, display_name,
+                              identity_picture_url)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (identity_provider, identity_sub) WHERE identity_provider IS NOT NULL
+           DO UPDATE SET email = EXCLUDED.email,
+                         display_name = EXCLUDED.display_name,
+                         identity_picture_url = EXCLUDED.identity_picture_url,
+                         updated_at = now() AT TIME ZONE 'UTC'
+           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                     identity_provider, identity_sub, display_name, identity_picture_url,
+                     role AS "role: Role", last_login_at, (xmax = 0) AS "created!""#,
+        username,
+        profile.email.as_str(),
+        profile.identity.provider.as_str(),
+        profile.identity.subject.as_str(),
+        profile.display_name.as_ref().map(|d| d.as_str()),
+        profile.picture_url.as_ref().map(|p| p.as_str()),
+    )
+    .fetch_one(conn)
+    .await?;
+    let user = User::from(UserRow {
+        id: row.id,
+        username: row.username,
+        email: row.email,
+        is_active: row.is_active,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        identity_provider: row.identity_provider,
+        identity_sub: row.identity_sub,
+        display_name: row.display_name,
+        identity_picture_url: row.identity_picture_url,
+        role: row.role,
+        last_login_at: row.last_login_at,
+    });
+    Ok(SignIn {
+        user,
+        created: row.created,
+    })
+}
+
+/// `base_N` for the smallest N ≥ 2 that no user has, as the database sees it now.
+async fn first_free_numbered(conn: &mut PgConnection, base: &str) -> Result<String, Error> {
+    let n = sqlx::query_scalar!(
+        r#"SELECT n AS "n!" FROM generate_series(2, 99999) AS n
+           WHERE NOT EXISTS (
+               SELECT 1 FROM users WHERE username = left($1, 49 - length(n::text)) || '_' || n
+           )
+           ORDER BY n LIMIT 1"#,
+        base,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(match n {
+        Some(n) => with_suffix(base, &n.to_string()),
+        None => with_suffix(base, &random_suffix()),
+    })
+}
+
+/// Links an existing user (say, one created before identity sign-in) to an identity, and returns the
+/// user.
+///
+/// Refuses with [`Error::IdentityTaken`] when another user holds the identity, with
+/// [`Error::AlreadyLinked`] when this user holds a different identity (never replaced silently), and
+/// with [`Error::UserNotFound`]. Linking a user to the identity it already holds changes nothing but
+/// `updated_at`. Given a transaction, it runs in a savepoint, so an error leaves it usable.
+pub async fn link_identity<'c, A>(conn: A, id: UserId, identity: &Identity) -> Result<User, Error>
+where
+    A: Acquire<'c, Database = Postgres>,
+{
+    let mut conn = conn.acquire().await?;
+    let mut tx = Connection::begin(&mut *conn).await?;
+    let updated = sqlx::query_as!(
+        UserRow,
+        r#"UPDATE users
+           SET identity_provider = $2, identity_sub = $3, updated_at = now() AT TIME ZONE 'UTC'
+           WHERE id = $1
+             AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
+           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                     identity_provider, identity_sub, display_name, identity_picture_url,
+                     role AS "role: Role", last_login_at"#,
+        id.0,
+        identity.provider.as_str(),
+        identity.subject.as_str(),
+    )
+    .fetch_optional(&mut *tx)
+    .await;
+    let outcome = match updated {
+        Ok(Some(row)) => Ok(User::from(row)),
+        Ok(None) => match find_by_id(&mut *tx, id).await? {
+            Some(_) => Err(Error::AlreadyLinked { user_id: id.0 }),
+            None => Err(Error::UserNotFound { user_id: id.0 }),
+        },
+        Err(e) if unique_violation(&e) == Some("users_identity_provider_sub_idx") => {
+            Err(Error::IdentityTaken {
+                provider: identity.provider.as_str().to_owned(),
+                subject: identity.subject.as_str().to_owned(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    };
+    if outcome.is_ok() {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    outcome
+}
+
+/// Records a login now (`last_login_at`, UTC) and returns the user; [`Error::UserNotFound`] when there
+/// is no such user.
+pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<User, Error> {
+    let row = sqlx::query_as!(
+        UserRow,
+        r#"UPDATE users
+           SET last_login_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC'
+           WHERE id = $1
+           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                     identity_provider, identity_sub, display_name, identity_picture_url,
+                     role AS "role: Role", last_login_at"#,
+        id.0,
+    )
+    .fetch_optional(executor)
+    .await?;
+    row.map(User::from)
+        .ok_or(Error::UserNotFound { user_id: id.0 })
+}
+
+/// Sets a user's role and returns the user; [`Error::UserNotFound`] when there is no such user.
+pub async fn set_role(
+    executor: impl PgExecutor<'_>,
+    id: UserId,
+    role: Role,
+) -> Result<User, Error> {
+    let row = sqlx::query_as!(
+        UserRow,
+        r#"UPDATE users SET role = $2, updated_at = now() AT TIME ZONE 'UTC'
+           WHERE id = $1
+           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                     identity_provider, identity_sub, display_name, identity_picture_url,
+                     role AS "role: Role", last_login_at"#,
+        id.0,
+        role as Role,
+    )
+    .fetch_optional(executor)
+    .await?;
+    row.map(User::from)
+        .ok_or(Error::UserNotFound { user_id: id.0 })
+}
+
+/// Deactivates a user (`is_active = false`), keeping the row and its identity, and returns the user;
+/// [`Error::UserNotFound`] when there is no such user.
+pub async fn deactivate(executor: impl PgExecutor<'_>, id: UserId) -> Result<User, Error> {
+    let row = sqlx::query_as!(
+        UserRow,
+        r#"UPDATE users SET is_active = false, updated_at = now() AT TIME ZONE 'UTC'
+           WHERE id = $1
+           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                     identity_provider, identity_sub, display_name, identity_picture_url,
+                     role AS "role: Role", last_login_at"#,
+        id.0,
+    )
+    .fetch_optional(executor)
+    .await?;
+    row.map(User::from)
+        .ok_or(Error::UserNotFound { user_id: id.0 })
+}
+
+/// Lists the users with a role, by id, a page at a time: at most `limit` users with an id greater than
+/// `after` (`None` for the first page; then the last id of the previous page).
+///
+/// ```no_run
+/// # async fn f(pool: &sqlx::PgPool) -> Result<(), livermore_db::Error> {
+/// use livermore_db::{Role, list_by_role};
+///
+/// let mut after = None;
+/// loop {
+///     let page = list_by_role(pool, Role::Admin, after, 500).await?;
+///     let Some(last) = page.last() else { break };
+///     after = Some(last.id);
+///     for admin in &page {
+///         println!("{}", admin.username);
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub async fn list_by_role(
+    executor: impl PgExecutor<'_>,
+    role: Role,
+    after: Option<UserId>,
+    limit: u32,
+) -> Result<Vec<User>, Error> {
+    let rows = sqlx::query_as!(
+        UserRow,
+        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
+                  identity_provider, identity_sub, display_name, identity_picture_url,
+                  role AS "role: Role", last_login_at
+           FROM users
+           WHERE role = $1 AND id > $2
+           ORDER BY id
+           LIMIT $3"#,
+        role as Role,
+        after.map_or(0, |id| id.0),
+        i64::from(limit),
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(User::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_come_from_the_local_part_and_fit() {
+        let u = |e: &str| username_from_email(&Email::parse(e).unwrap());
+        assert_eq!(u("Ada.Lovelace+Trading@example.com"), "ada.lovelace");
+        assert_eq!(u("o'brien@example.com"), "obrien");
+        assert_eq!(u("日本@example.com"), "user");
+        assert_eq!(u(&format!("{}@x.y", "a".repeat(80))).len(), 50);
+    }
+
+    #[test]
+    fn suffixed_usernames_fit_the_column() {
+        let base = "a".repeat(50);
+        assert_eq!(with_suffix(&base, "2"), format!("{}_2", "a".repeat(48)));
+        assert_eq!(with_suffix(&base, "123456").len(), 50);
+        assert_eq!(with_suffix("ada", "2"), "ada_2");
+        assert_eq!(random_suffix().len(), 6);
+    }
+}
