@@ -18,7 +18,7 @@ ifeq ($(filter $(ENV),$(VALID_ENVS)),)
 $(error unknown ENV '$(ENV)'; valid: $(VALID_ENVS))
 endif
 
-.PHONY: help db-up db-down db-url sqlx-cli migrate prepare test lint fmt example
+.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift db-migrated prepare test lint fmt example
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -26,8 +26,9 @@ help: ## List the targets
 db-up: ## Start the local PostgreSQL (initdb first if needed)
 	@$(LOCAL_DB) up >/dev/null
 
-db-down: ## Stop the local PostgreSQL
+db-down: ## Stop the local PostgreSQL (and the sandbox emulator the tests start)
 	@$(LOCAL_DB) down
+	@$(LOCAL_DB) sandbox-down
 
 db-url: ## Print the database URL on the last line (for psql "$$(make -s db-url)")
 	@$(LOCAL_DB) url
@@ -39,22 +40,36 @@ sqlx-cli: ## Install sqlx-cli $(SQLX_CLI_VERSION) unless that version is on PATH
 	    --features postgres,rustls --locked --quiet; \
 	fi
 
-migrate: sqlx-cli ## Create the database if missing and apply pending migrations (ENV=local|sandbox)
+# The operator command (src/bin/livermore-db), built against the committed offline cache. For ENV=local
+# it gets DATABASE_URL (the project-local database unless you set one); for ENV=sandbox it reads the
+# PG_SANDBOX_* variables from the environment itself: no password passes through a command line.
+LIVERMORE_DB = SQLX_OFFLINE=true $(CARGO) run --quiet --bin livermore-db --
 ifeq ($(ENV),local)
-	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
-	sqlx database create; \
-	sqlx migrate run --source migrations; \
-	echo "now:"; \
-	sqlx migrate info --source migrations
+WITH_DB = export DATABASE_URL="$$($(LOCAL_DB) up)";
 else
-	@echo "ENV=$(ENV) is not implemented yet" >&2; exit 1
+WITH_DB =
 endif
 
-prepare: sqlx-cli migrate ## Regenerate the offline query cache in .sqlx/ (commit it)
+migrate: ## Create the database if missing, apply pending migrations (ENV=local|sandbox, DRY_RUN=1)
+	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) migrate $(if $(DRY_RUN),--dry-run)
+
+migrate-status: ## List applied, pending and mismatched migrations (ENV=local|sandbox)
+	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) status
+
+drift: ## Compare the live schema with the migrations; exit 1 on a difference (ENV=local|sandbox)
+	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) drift
+
+# The local database migrated with sqlx-cli, which needs no build of ours (for regenerating the cache).
+db-migrated: sqlx-cli
+	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+	sqlx database create; \
+	sqlx migrate run --source migrations >/dev/null
+
+prepare: db-migrated ## Regenerate the offline query cache in .sqlx/ (commit it)
 	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
 	$(CARGO) sqlx prepare -- --all-targets
 
-test: sqlx-cli migrate ## Everything CI checks: tests (offline build), cache check, clippy, rustfmt
+test: db-migrated ## Everything CI checks: tests (offline build), cache check, clippy, rustfmt
 	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
 	echo "== cargo test (SQLX_OFFLINE=true: the committed .sqlx/ cache)"; \
 	SQLX_OFFLINE=true $(CARGO) test --all-targets; \

@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# A project-local PostgreSQL cluster for development and tests.
+# Project-local PostgreSQL clusters for development and tests.
 #
-#   scripts/local-db.sh up      start it (initdb first if needed); print its URL on stdout
-#   scripts/local-db.sh down    stop it
-#   scripts/local-db.sh url     print its URL (does not start anything)
-#   scripts/local-db.sh status  say whether it runs, and where its files are
+#   scripts/local-db.sh up            start the dev cluster (initdb first if needed); print its URL on stdout
+#   scripts/local-db.sh down          stop it
+#   scripts/local-db.sh url           print its URL (does not start anything)
+#   scripts/local-db.sh status        say whether it runs, and where its files are
+#   scripts/local-db.sh sandbox-up    start the emulated sandbox (below); print KEY=VALUE lines on stdout
+#   scripts/local-db.sh sandbox-down  stop it
 #
 # With DATABASE_URL set, `up` and `url` print that URL and touch nothing: the caller's database is used.
 # Progress goes to stderr, so `url=$(scripts/local-db.sh up)` captures the URL alone.
 #
 # Layout: <dir>/data (PGDATA), <dir>/socket (the unix socket), <dir>/postgres.log, where <dir> is
-# .pgdata/ in the repo, or /var/tmp/livermore-db-<hash of the repo path>/ when the repo's path is not
-# reachable by the unprivileged user that runs the server (e.g. a clone under /root).
-# The server listens on 127.0.0.1:$LOCAL_PG_PORT (default 54329) and trusts local connections:
-# it is a throw-away development cluster, never a place for real data.
+# .pgdata/<cluster> in the repo, or /var/tmp/livermore-db-<hash of the repo path>/<cluster> when the
+# repo's path is not reachable by the unprivileged user that runs the server (e.g. a clone under /root).
+#
+# The dev cluster listens on 127.0.0.1:$LOCAL_PG_PORT (default 54329) and trusts local connections:
+# a throw-away development cluster, never a place for real data.
+#
+# The sandbox emulator stands in for the managed Azure server in tests: a second cluster on
+# 127.0.0.1:$LOCAL_SANDBOX_PORT (default 54339) with TLS on (a CA and a server certificate made here with
+# openssl), pg_hba allowing only `hostssl ... scram-sha-256` over TCP, a login role `sandbox_admin`
+# (CREATEDB, not a superuser) whose password is read from SANDBOX_EMULATOR_PASSWORD at every
+# `sandbox-up` (never from a command line), and no `livermore` database until someone creates it.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd -P)
+cluster=dev
 port=${LOCAL_PG_PORT:-54329}
 db_user=livermore
 db_name=${LOCAL_PG_DATABASE:-livermore}
+sandbox_user=sandbox_admin
 
 say() { printf 'local-db: %s\n' "$*" >&2; }
-die() { printf 'local-db: error: %s\n' "$*" >&2; exit 1; }
+die() {
+  printf 'local-db: error: %s\n' "$*" >&2
+  exit 1
+}
 
 local_url() { printf 'postgres://%s@127.0.0.1:%s/%s\n' "$db_user" "$port" "$db_name"; }
 
-# Debian's PostgreSQL binaries, newest major version first; 15 is what the project is tested on.
+# Debian's PostgreSQL binaries; 15 is what the project is tested on, else the newest installed.
 find_pg_bin() {
   local d
   for d in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
@@ -47,7 +61,7 @@ ensure_pg_bin() {
     sudo=(sudo)
   fi
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql openssl >&2
   pg_bin=$(find_pg_bin) || die "apt-get installed postgresql but no initdb/pg_ctl under /usr/lib/postgresql/*/bin"
 }
 
@@ -75,12 +89,13 @@ as_server() {
 }
 
 choose_dir() {
-  dir="$repo/.pgdata"
+  base="$repo/.pgdata"
   if [ "$(id -u)" -eq 0 ] && ! runuser -u "$server_user" -- test -x "$repo" 2>/dev/null; then
     local hash
     hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
-    dir="/var/tmp/livermore-db-$hash"
+    base="/var/tmp/livermore-db-$hash"
   fi
+  dir="$base/$cluster"
 }
 
 is_running() { as_server "$pg_bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; }
@@ -89,13 +104,13 @@ init_cluster() {
   [ -f "$dir/data/PG_VERSION" ] && return 0
   say "initdb into $dir/data (server user $server_user)"
   mkdir -p "$dir"
-  [ "$dir" = "$repo/.pgdata" ] || printf '%s\n' "$repo" >"$dir/REPO"
-  if [ "$(id -u)" -eq 0 ]; then chown "$server_user" "$dir"; fi
+  [ "$base" = "$repo/.pgdata" ] || printf '%s\n' "$repo" >"$base/REPO"
+  if [ "$(id -u)" -eq 0 ]; then chown "$server_user" "$base" "$dir"; fi
   as_server mkdir -p "$dir/data" "$dir/socket"
-  chmod 700 "$dir/data" 2>/dev/null || as_server chmod 700 "$dir/data"
+  as_server chmod 700 "$dir/data"
   as_server "$pg_bin/initdb" -D "$dir/data" -U "$db_user" --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 ||
     { cat "$dir/initdb.log" >&2; die "initdb failed"; }
-  # Our settings go in a file of their own, included at the end so they win.
+  # Our settings go in a file of their own, included last so that they win.
   as_server tee "$dir/data/livermore.conf" >/dev/null <<EOF
 listen_addresses = '127.0.0.1'
 port = $port
@@ -105,23 +120,89 @@ shared_buffers = 256MB
 log_timezone = 'UTC'
 EOF
   echo "include 'livermore.conf'" | as_server tee -a "$dir/data/postgresql.conf" >/dev/null
+  if [ "$cluster" = sandbox ]; then configure_sandbox; fi
+}
+
+# TLS with a CA of our own, and only TLS + SCRAM over TCP (the superuser keeps the unix socket, for setup).
+configure_sandbox() {
+  local tls="$dir/tls"
+  command -v openssl >/dev/null || die "openssl is needed for the sandbox emulator's certificates (apt-get install openssl)"
+  as_server mkdir -p "$tls"
+  as_server openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=livermore-db sandbox emulator CA" \
+    -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+  as_server openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' | as_server tee "$tls/san.ext" >/dev/null
+  as_server openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$tls/san.ext" -out "$tls/server.crt" 2>/dev/null
+  as_server chmod 600 "$tls/server.key" "$tls/ca.key"
+  as_server chmod 644 "$tls/ca.crt"
+  as_server tee -a "$dir/data/livermore.conf" >/dev/null <<EOF
+ssl = on
+ssl_cert_file = '$tls/server.crt'
+ssl_key_file = '$tls/server.key'
+password_encryption = 'scram-sha-256'
+EOF
+  as_server tee "$dir/data/pg_hba.conf" >/dev/null <<EOF
+# The emulated sandbox: TCP only over TLS with SCRAM; the unix socket for the local superuser's setup.
+local   all  $db_user  trust
+hostssl all  all       127.0.0.1/32  scram-sha-256
+hostssl all  all       ::1/128       scram-sha-256
+EOF
+}
+
+# (Re)sets the sandbox login role's password from SANDBOX_EMULATOR_PASSWORD, fed to psql on stdin so
+# that it never appears in a process list.
+sandbox_role() {
+  local pw=${SANDBOX_EMULATOR_PASSWORD:-}
+  [ -n "$pw" ] || die "set SANDBOX_EMULATOR_PASSWORD (the emulated sandbox user's password)"
+  local quoted=${pw//\'/\'\'}
+  as_server "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir/socket" -p "$port" -U "$db_user" -d postgres >/dev/null <<EOF
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$sandbox_user') THEN
+    CREATE ROLE $sandbox_user LOGIN CREATEDB;
+  END IF;
+END \$\$;
+ALTER ROLE $sandbox_user PASSWORD '$quoted';
+EOF
 }
 
 start_cluster() {
   if is_running; then return 0; fi
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "port $port on 127.0.0.1 is taken by another server; stop it or set LOCAL_PG_PORT"
+    die "port $port on 127.0.0.1 is taken by another server; stop it or choose another port (LOCAL_PG_PORT, LOCAL_SANDBOX_PORT)"
   fi
-  say "starting PostgreSQL ($("$pg_bin/postgres" --version)) on 127.0.0.1:$port"
-  # The port is given on the command line as well so that LOCAL_PG_PORT can change between runs.
+  say "starting PostgreSQL $cluster cluster ($("$pg_bin/postgres" --version)) on 127.0.0.1:$port"
+  # The port is given on the command line as well so that it may change between runs.
   as_server "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "-p $port" -w -t 60 start >/dev/null ||
     { tail -n 20 "$dir/postgres.log" >&2 || true; die "PostgreSQL did not start (log: $dir/postgres.log)"; }
 }
 
+stop_cluster() {
+  pg_bin=$(find_pg_bin) || { say "no PostgreSQL binaries; nothing to stop"; return 0; }
+  choose_server_user
+  choose_dir
+  if [ -f "$dir/data/PG_VERSION" ] && is_running; then
+    as_server "$pg_bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    say "stopped ($dir)"
+  else
+    say "not running ($dir)"
+  fi
+}
+
 cmd=${1:-}
 case "$cmd" in
+  sandbox-*)
+    cluster=sandbox
+    port=${LOCAL_SANDBOX_PORT:-54339}
+    ;;
+esac
+case "$cmd" in
   up)
-    if [ -n "${DATABASE_URL:-}" ]; then printf '%s\n' "$DATABASE_URL"; exit 0; fi
+    if [ -n "${DATABASE_URL:-}" ]; then
+      printf '%s\n' "$DATABASE_URL"
+      exit 0
+    fi
     ensure_pg_bin
     choose_server_user
     choose_dir
@@ -129,16 +210,18 @@ case "$cmd" in
     start_cluster
     local_url
     ;;
-  down)
-    pg_bin=$(find_pg_bin) || { say "no PostgreSQL binaries; nothing to stop"; exit 0; }
+  sandbox-up)
+    ensure_pg_bin
     choose_server_user
     choose_dir
-    if [ -f "$dir/data/PG_VERSION" ] && is_running; then
-      as_server "$pg_bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
-      say "stopped ($dir)"
-    else
-      say "not running ($dir)"
-    fi
+    init_cluster
+    start_cluster
+    sandbox_role
+    printf 'PG_SANDBOX_HOST=127.0.0.1\nPG_SANDBOX_PORT=%s\nPG_SANDBOX_USER=%s\nPG_SANDBOX_SSLROOTCERT=%s\n' \
+      "$port" "$sandbox_user" "$dir/tls/ca.crt"
+    ;;
+  down | sandbox-down)
+    stop_cluster
     ;;
   url)
     if [ -n "${DATABASE_URL:-}" ]; then printf '%s\n' "$DATABASE_URL"; else local_url; fi
@@ -155,6 +238,6 @@ case "$cmd" in
     fi
     ;;
   *)
-    die "usage: $0 up|down|url|status"
+    die "usage: $0 up|down|url|status|sandbox-up|sandbox-down"
     ;;
 esac

@@ -1,0 +1,266 @@
+//! `drift`: does the live schema of the tables the migrations manage match what the migrations build?
+//!
+//! The reference is built on the same server, inside one transaction that is rolled back at the end: a
+//! scratch schema, the crate's migrations applied to it, and both schemas read from the catalog. Nothing
+//! is left behind and the live tables are only read.
+
+use std::collections::BTreeMap;
+
+use livermore_db::MIGRATOR;
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, PgConnection};
+
+use crate::target::{Failure, Target, describe};
+
+const SCRATCH: &str = "livermore_db_drift_scratch";
+
+/// One table as the catalog describes it, keyed by name for comparing.
+#[derive(Debug, Default, PartialEq)]
+struct Table {
+    /// name → `type NOT NULL DEFAULT …`
+    columns: BTreeMap<String, String>,
+    /// name → definition (and `NOT VALID` where it is)
+    constraints: BTreeMap<String, String>,
+    /// name → `CREATE INDEX …`
+    indexes: BTreeMap<String, String>,
+}
+
+/// Reads the tables of `schema` (those named, or all but sqlx's bookkeeping), with the search path set
+/// to that schema so that definitions print unqualified on both sides.
+async fn read_schema(
+    conn: &mut PgConnection,
+    schema: &str,
+    only: Option<&[String]>,
+) -> Result<BTreeMap<String, Table>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT set_config('search_path', quote_ident($1), true) AS "path!""#,
+        schema
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let names = sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "name!"
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> '_sqlx_migrations'
+           ORDER BY 1"#,
+        schema
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tables = BTreeMap::new();
+    for name in names {
+        if only.is_some_and(|only| !only.contains(&name)) {
+            continue;
+        }
+        let mut table = Table::default();
+        let columns = sqlx::query!(
+            r#"SELECT a.attname::text AS "name!",
+                      format_type(a.atttypid, a.atttypmod) AS "data_type!",
+                      a.attnotnull AS "not_null!",
+                      pg_get_expr(d.adbin, d.adrelid) AS "default_expr?"
+               FROM pg_attribute a
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+               WHERE a.attrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2))
+                 AND a.attnum > 0 AND NOT a.attisdropped
+               ORDER BY a.attnum"#,
+            schema,
+            name
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for c in columns {
+            let mut def = c.data_type;
+            if c.not_null {
+                def.push_str(" NOT NULL");
+            }
+            if let Some(d) = c.default_expr {
+                def.push_str(" DEFAULT ");
+                def.push_str(&d);
+            }
+            table.columns.insert(c.name, def);
+        }
+        let constraints = sqlx::query!(
+            r#"SELECT conname::text AS "name!", pg_get_constraintdef(oid) AS "definition!",
+                      convalidated AS "validated!"
+               FROM pg_constraint
+               WHERE conrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2))"#,
+            schema,
+            name
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for c in constraints {
+            let mut def = c.definition;
+            if !c.validated && !def.ends_with("NOT VALID") {
+                def.push_str(" NOT VALID");
+            }
+            table.constraints.insert(c.name, def);
+        }
+        let indexes = sqlx::query!(
+            // pg_get_indexdef always qualifies the table with its schema; the schemas differ by design.
+            r#"SELECT ic.relname::text AS "name!",
+                      replace(pg_get_indexdef(i.indexrelid), ' ON ' || quote_ident($1) || '.', ' ON ')
+                          AS "definition!"
+               FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+               WHERE i.indrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2))"#,
+            schema,
+            name
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for i in indexes {
+            table.indexes.insert(i.name, i.definition);
+        }
+        tables.insert(name, table);
+    }
+    Ok(tables)
+}
+
+fn compare_maps(
+    out: &mut Vec<String>,
+    table: &str,
+    kind: &str,
+    live: &BTreeMap<String, String>,
+    expected: &BTreeMap<String, String>,
+) {
+    for (name, want) in expected {
+        match live.get(name) {
+            None => out.push(format!(
+                "{table}: {kind} {name} is missing (migrations: {want})"
+            )),
+            Some(have) if have != want => out.push(format!(
+                "{table}: {kind} {name} differs\n      live:       {have}\n      migrations: {want}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, have) in live {
+        if !expected.contains_key(name) {
+            out.push(format!(
+                "{table}: {kind} {name} is not in the migrations (live: {have})"
+            ));
+        }
+    }
+}
+
+fn differences(live: &BTreeMap<String, Table>, expected: &BTreeMap<String, Table>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, want) in expected {
+        let Some(have) = live.get(name) else {
+            out.push(format!("table {name} is missing"));
+            continue;
+        };
+        compare_maps(&mut out, name, "column", &have.columns, &want.columns);
+        compare_maps(
+            &mut out,
+            name,
+            "constraint",
+            &have.constraints,
+            &want.constraints,
+        );
+        compare_maps(&mut out, name, "index", &have.indexes, &want.indexes);
+    }
+    out
+}
+
+/// `drift`: prints each difference; `Ok(false)` (exit status 1) when there is any.
+pub async fn drift(target: &Target) -> Result<bool, Failure> {
+    println!("target: {}", target.shown);
+    let mut conn = target.connect_existing().await?;
+    let fail = |e: sqlx::Error| {
+        Failure::new(target.scrub(format!("drift check failed: {}", describe(&e))))
+    };
+
+    let live_schema = sqlx::query_scalar!(r#"SELECT current_schema() AS "schema!""#)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(fail)?;
+
+    let mut tx = conn.begin().await.map_err(fail)?;
+    sqlx::query!("CREATE SCHEMA livermore_db_drift_scratch")
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    sqlx::query_scalar!(
+        r#"SELECT set_config('search_path', 'livermore_db_drift_scratch', true) AS "path!""#
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(fail)?;
+    let mut reference = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    reference.set_locking(false);
+    reference.run(&mut *tx).await.map_err(|e| {
+        Failure::new(target.scrub(format!(
+            "building the reference schema from the migrations failed: {e}"
+        )))
+    })?;
+    let expected = read_schema(&mut tx, SCRATCH, None).await.map_err(fail)?;
+    let managed: Vec<String> = expected.keys().cloned().collect();
+    let live = read_schema(&mut tx, &live_schema, Some(&managed))
+        .await
+        .map_err(fail)?;
+    tx.rollback().await.map_err(fail)?;
+
+    let diffs = differences(&live, &expected);
+    if diffs.is_empty() {
+        println!(
+            "no drift: {} matches the migrations ({})",
+            if managed.len() == 1 {
+                "the table"
+            } else {
+                "every table"
+            },
+            managed.join(", ")
+        );
+        Ok(true)
+    } else {
+        println!("drift: {} difference(s) from the migrations", diffs.len());
+        for d in &diffs {
+            println!("  - {d}");
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(columns: &[(&str, &str)]) -> Table {
+        Table {
+            columns: columns
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Table::default()
+        }
+    }
+
+    #[test]
+    fn differences_are_named() {
+        let expected = BTreeMap::from([(
+            "users".to_owned(),
+            table(&[
+                ("id", "integer NOT NULL"),
+                ("name", "character varying(100)"),
+            ]),
+        )]);
+        assert!(differences(&expected, &expected).is_empty());
+        let live = BTreeMap::from([(
+            "users".to_owned(),
+            table(&[
+                ("id", "integer NOT NULL"),
+                ("name", "character varying(200)"),
+                ("x", "text"),
+            ]),
+        )]);
+        let d = differences(&live, &expected);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("column name differs") && d[0].contains("character varying(200)"));
+        assert!(d[1].contains("column x is not in the migrations"));
+        assert_eq!(
+            differences(&BTreeMap::new(), &expected),
+            ["table users is missing"]
+        );
+    }
+}

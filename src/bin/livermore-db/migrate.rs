@@ -1,0 +1,242 @@
+//! `migrate` and `status`: the crate's migrations against a target, one at a time, said as they go.
+
+use std::time::Instant;
+
+use livermore_db::MIGRATOR;
+use sqlx::PgConnection;
+use sqlx::migrate::{MigrateError, Migration};
+
+use crate::target::{Failure, Target, describe};
+
+/// One row of `_sqlx_migrations`.
+struct Applied {
+    version: i64,
+    description: String,
+    success: bool,
+    checksum: Vec<u8>,
+    installed_on: String,
+}
+
+/// Where each migration stands on a database.
+enum State<'m> {
+    Applied(&'m Migration, String),
+    Pending(&'m Migration),
+    /// Applied, but the file changed since (checksum mismatch).
+    Mismatched(&'m Migration),
+    /// Recorded as failed (a migration that ran without a transaction and broke).
+    Failed(i64, String),
+    /// Applied, but this build does not know it (a newer repo applied it).
+    Unknown(i64, String),
+}
+
+fn up_migrations() -> impl Iterator<Item = &'static Migration> {
+    MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+}
+
+fn label(version: i64, description: &str) -> String {
+    format!("{version:04} {description}")
+}
+
+async fn read_applied(conn: &mut PgConnection) -> Result<Vec<Applied>, sqlx::Error> {
+    let exists =
+        sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        Applied,
+        r#"SELECT version, description, success, checksum,
+                  to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"') AS "installed_on!"
+           FROM _sqlx_migrations ORDER BY version"#
+    )
+    .fetch_all(conn)
+    .await
+}
+
+fn states_of(applied: &[Applied]) -> Vec<State<'static>> {
+    let mut out = Vec::new();
+    for m in up_migrations() {
+        out.push(match applied.iter().find(|a| a.version == m.version) {
+            None => State::Pending(m),
+            Some(a) if !a.success => State::Failed(a.version, a.description.clone()),
+            Some(a) if a.checksum != *m.checksum => State::Mismatched(m),
+            Some(a) => State::Applied(m, a.installed_on.clone()),
+        });
+    }
+    for a in applied {
+        if !up_migrations().any(|m| m.version == a.version) {
+            out.push(if a.success {
+                State::Unknown(a.version, a.description.clone())
+            } else {
+                State::Failed(a.version, a.description.clone())
+            });
+        }
+    }
+    out
+}
+
+fn print_states(states: &[State<'_>]) {
+    for s in states {
+        match s {
+            State::Applied(m, on) => {
+                println!("  {:<32} applied {on}", label(m.version, &m.description))
+            }
+            State::Pending(m) => println!("  {:<32} pending", label(m.version, &m.description)),
+            State::Mismatched(m) => println!(
+                "  {:<32} MISMATCH: edited after it was applied",
+                label(m.version, &m.description)
+            ),
+            State::Failed(v, d) => {
+                println!("  {:<32} FAILED: recorded as unsuccessful", label(*v, d))
+            }
+            State::Unknown(v, d) => {
+                println!("  {:<32} applied, but not in this repository", label(*v, d))
+            }
+        }
+    }
+    let count = |f: fn(&State<'_>) -> bool| states.iter().filter(|s| f(s)).count();
+    println!(
+        "{} applied, {} pending, {} mismatched",
+        count(|s| matches!(s, State::Applied(..) | State::Unknown(..))),
+        count(|s| matches!(s, State::Pending(_))),
+        count(|s| matches!(s, State::Mismatched(_) | State::Failed(..))),
+    );
+}
+
+/// Refuses to go on past an edited or failed migration.
+fn check_consistent(states: &[State<'_>]) -> Result<(), Failure> {
+    for s in states {
+        match s {
+            State::Mismatched(m) => {
+                return Err(Failure::new(format!(
+                    "migration {} was edited after it was applied (checksum mismatch): restore the file as it was applied and put the change in a new migration",
+                    label(m.version, &m.description)
+                )));
+            }
+            State::Failed(v, d) => {
+                return Err(Failure::new(format!(
+                    "migration {} is recorded as failed in _sqlx_migrations: fix the database by hand, then delete that row",
+                    label(*v, d)
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `status`: applied, pending and mismatched migrations. Exit status 1 when any is mismatched or failed.
+pub async fn status(target: &Target) -> Result<bool, Failure> {
+    println!("target: {}", target.shown);
+    let Some(mut conn) = target.connect().await? else {
+        println!(
+            "database {:?} does not exist: all {} migrations pending",
+            target.database,
+            up_migrations().count()
+        );
+        return Ok(true);
+    };
+    let applied = read_applied(&mut conn)
+        .await
+        .map_err(|e| Failure::new(target.scrub(describe(&e))))?;
+    let states = states_of(&applied);
+    print_states(&states);
+    Ok(check_consistent(&states).is_ok())
+}
+
+/// `migrate`: creates the database when missing, then applies the pending migrations one at a time.
+pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
+    println!("target: {}", target.shown);
+    let mut conn = match target.connect().await? {
+        Some(conn) => conn,
+        None if dry_run => {
+            println!("would create database {:?}", target.database);
+            for m in up_migrations() {
+                println!("would apply {}", label(m.version, &m.description));
+            }
+            println!("dry run: nothing was changed");
+            return Ok(true);
+        }
+        None => {
+            if target.create_database().await? {
+                println!("created database {:?}", target.database);
+            } else {
+                println!("database {:?} was created meanwhile", target.database);
+            }
+            target.connect_existing().await?
+        }
+    };
+
+    let applied = read_applied(&mut conn)
+        .await
+        .map_err(|e| Failure::new(target.scrub(describe(&e))))?;
+    let states = states_of(&applied);
+    check_consistent(&states)?;
+    let pending: Vec<&Migration> = states
+        .iter()
+        .filter_map(|s| match s {
+            State::Pending(m) => Some(*m),
+            _ => None,
+        })
+        .collect();
+
+    if dry_run {
+        for m in &pending {
+            println!("would apply {}", label(m.version, &m.description));
+        }
+        if pending.is_empty() {
+            println!("nothing to apply");
+        }
+        println!("dry run: nothing was changed");
+        return Ok(true);
+    }
+
+    for m in &pending {
+        let started = Instant::now();
+        // `run_to` takes the migration lock, re-checks every applied checksum, and applies each
+        // migration in its own transaction (so a failure leaves no half-applied migration).
+        MIGRATOR
+            .run_to(m.version, &mut conn)
+            .await
+            .map_err(|e| migrate_failure(target, &e))?;
+        println!(
+            "applied {} ({} ms)",
+            label(m.version, &m.description),
+            started.elapsed().as_millis()
+        );
+    }
+    if pending.is_empty() {
+        println!("nothing to apply: the database is up to date");
+    }
+    println!("now:");
+    let applied = read_applied(&mut conn)
+        .await
+        .map_err(|e| Failure::new(target.scrub(describe(&e))))?;
+    print_states(&states_of(&applied));
+    Ok(true)
+}
+
+fn migrate_failure(target: &Target, e: &MigrateError) -> Failure {
+    let message = match e {
+        MigrateError::ExecuteMigration(inner, version) => {
+            let description = up_migrations()
+                .find(|m| m.version == *version)
+                .map_or(String::new(), |m| m.description.to_string());
+            format!(
+                "migration {} failed and was rolled back: {}",
+                label(*version, &description),
+                describe(inner)
+            )
+        }
+        MigrateError::Execute(inner) => format!("migrating failed: {}", describe(inner)),
+        MigrateError::VersionMismatch(v) => {
+            format!("migration {v:04} was edited after it was applied (checksum mismatch)")
+        }
+        other => format!("migrating failed: {other}"),
+    };
+    Failure::new(target.scrub(message))
+}

@@ -1,0 +1,338 @@
+//! Which database a command talks to, built from the environment, and how failures are told.
+//!
+//! The connection is built from parts ([`PgConnectOptions`]); a password is never spliced into a URL or a
+//! command line, and never printed: the target shows as `user:***@host:port/database`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{ConnectOptions, PgConnection};
+
+/// The environments `--env` accepts.
+pub const ENVS: &[&str] = &["local", "sandbox"];
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A command's failure: one line for the operator, already free of secrets.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure(message.into())
+    }
+}
+
+/// A database to work on.
+pub struct Target {
+    options: PgConnectOptions,
+    password: Option<String>,
+    /// `user:***@host:port/database`.
+    pub shown: String,
+    pub database: String,
+}
+
+fn mask(options: &PgConnectOptions, has_password: bool, database: &str) -> String {
+    let host = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => options.get_host().to_owned(),
+    };
+    format!(
+        "{}{}@{}:{}/{}",
+        options.get_username(),
+        if has_password { ":***" } else { "" },
+        host,
+        options.get_port(),
+        database
+    )
+}
+
+impl Target {
+    /// The target for `--env NAME`, from the environment.
+    pub fn from_env(env: &str) -> Result<Target, Failure> {
+        match env {
+            "local" => Target::local(),
+            "sandbox" => Target::sandbox(|name| std::env::var(name).ok()),
+            other => Err(Failure::new(format!(
+                "unknown environment {other:?}; valid: {}",
+                ENVS.join(", ")
+            ))),
+        }
+    }
+
+    /// `DATABASE_URL`, which `make` sets to the project-local database unless you set it.
+    fn local() -> Result<Target, Failure> {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                Failure::new("DATABASE_URL is not set (make migrate sets it to the local database)")
+            })?;
+        let options = PgConnectOptions::from_str(&url)
+            .map_err(|_| Failure::new("DATABASE_URL is not a valid postgres:// URL"))?;
+        let password = url_password(&url);
+        let database = options
+            .get_database()
+            .unwrap_or(options.get_username())
+            .to_owned();
+        Ok(Target {
+            shown: mask(&options, password.is_some(), &database),
+            options,
+            password,
+            database,
+        })
+    }
+
+    /// `PG_SANDBOX_*`: host, user and password required; port, database, sslmode and root
+    /// certificate optional. TLS is always on.
+    pub fn sandbox(var: impl Fn(&str) -> Option<String>) -> Result<Target, Failure> {
+        let get = |name: &str| var(name).filter(|v| !v.is_empty());
+        let required = ["PG_SANDBOX_HOST", "PG_SANDBOX_USER", "PG_SANDBOX_PASSWORD"];
+        let missing: Vec<&str> = required
+            .iter()
+            .copied()
+            .filter(|name| get(name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Failure::new(format!(
+                "missing required environment variable{}: {}",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", ")
+            )));
+        }
+        let (host, user, password) = match required.map(get) {
+            [Some(h), Some(u), Some(p)] => (h, u, p),
+            _ => unreachable!("checked above"),
+        };
+        let port = match get("PG_SANDBOX_PORT") {
+            None => 5432,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                Failure::new(format!("PG_SANDBOX_PORT must be a port number, got {p:?}"))
+            })?,
+        };
+        let database = get("PG_SANDBOX_DATABASE").unwrap_or_else(|| "livermore".to_owned());
+        let ssl_mode = match get("PG_SANDBOX_SSLMODE").as_deref() {
+            None | Some("require") => PgSslMode::Require,
+            Some("verify-ca") => PgSslMode::VerifyCa,
+            Some("verify-full") => PgSslMode::VerifyFull,
+            Some(other) => {
+                return Err(Failure::new(format!(
+                    "PG_SANDBOX_SSLMODE {other:?} is not allowed: the sandbox needs TLS; valid: require, verify-ca, verify-full"
+                )));
+            }
+        };
+        // Every part explicitly, so that no PG* variable of the operator's shell leaks in.
+        let mut options = PgConnectOptions::new_without_pgpass()
+            .host(&host)
+            .port(port)
+            .username(&user)
+            .password(&password)
+            .database(&database)
+            .ssl_mode(ssl_mode)
+            .application_name("livermore-db");
+        if let Some(cert) = get("PG_SANDBOX_SSLROOTCERT") {
+            let path = PathBuf::from(cert);
+            if !path.is_file() {
+                return Err(Failure::new(format!(
+                    "PG_SANDBOX_SSLROOTCERT {} is not a readable file",
+                    path.display()
+                )));
+            }
+            options = options.ssl_root_cert(path);
+        }
+        Ok(Target {
+            shown: mask(&options, true, &database),
+            options,
+            password: Some(password),
+            database,
+        })
+    }
+
+    /// The same server's maintenance database, `postgres`.
+    fn maintenance(&self) -> PgConnectOptions {
+        self.options.clone().database("postgres")
+    }
+
+    /// Removes the password from a message, should any layer below ever echo it.
+    pub fn scrub(&self, message: String) -> String {
+        match &self.password {
+            Some(p) if !p.is_empty() => message.replace(p.as_str(), "***"),
+            _ => message,
+        }
+    }
+
+    /// Connects to the target database; `Ok(None)` when it does not exist.
+    pub async fn connect(&self) -> Result<Option<PgConnection>, Failure> {
+        match connect(&self.options).await {
+            Ok(conn) => Ok(Some(conn)),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => Ok(None),
+            Err(e) => Err(self.connect_failure(&e)),
+        }
+    }
+
+    /// Connects to the target database, which must exist.
+    pub async fn connect_existing(&self) -> Result<PgConnection, Failure> {
+        self.connect().await?.ok_or_else(|| {
+            Failure::new(format!(
+                "database {:?} does not exist on {} (make migrate creates it)",
+                self.database, self.shown
+            ))
+        })
+    }
+
+    /// Creates the target database through the maintenance database. `Ok(false)` when it was created
+    /// meanwhile by someone else.
+    pub async fn create_database(&self) -> Result<bool, Failure> {
+        let mut conn = connect(&self.maintenance())
+            .await
+            .map_err(|e| self.connect_failure(&e))?;
+        // Operator DDL on an identifier, which cannot be a bind parameter: the name is quoted.
+        let create =
+            sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", quote_ident(&self.database)));
+        match sqlx::raw_sql(create).execute(&mut conn).await {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+            Err(e) => Err(Failure::new(format!(
+                "cannot create database {:?}: {}",
+                self.database,
+                self.scrub(describe(&e))
+            ))),
+        }
+    }
+
+    pub fn connect_failure(&self, e: &sqlx::Error) -> Failure {
+        let reason = match e {
+            sqlx::Error::Tls(tls) if tls.to_string().contains("does not support TLS") => {
+                "the server does not offer TLS, and this connection requires it".to_owned()
+            }
+            e => describe(e),
+        };
+        // Only the driver's words are scrubbed: the target is ours and already masked.
+        Failure::new(format!(
+            "cannot connect to {}: {}",
+            self.shown,
+            self.scrub(reason)
+        ))
+    }
+}
+
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+/// `"name"`, with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether the URL carries a password (so that it is masked, and scrubbed from messages).
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+/// One line saying what went wrong, without a stack trace.
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        other => other.to_string(),
+    }
+    .replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn missing_variables_are_all_named() {
+        let err = Target::sandbox(vars(&[("PG_SANDBOX_USER", "u")]))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.0,
+            "missing required environment variables: PG_SANDBOX_HOST, PG_SANDBOX_PASSWORD"
+        );
+        let err = Target::sandbox(vars(&[])).err().unwrap();
+        assert!(
+            err.0
+                .contains("PG_SANDBOX_HOST, PG_SANDBOX_USER, PG_SANDBOX_PASSWORD")
+        );
+    }
+
+    #[test]
+    fn the_target_is_shown_without_the_password() {
+        let pw = "p@ss:w/o#r%d?&$'\" x";
+        let t = Target::sandbox(vars(&[
+            ("PG_SANDBOX_HOST", "db.example"),
+            ("PG_SANDBOX_USER", "admin"),
+            ("PG_SANDBOX_PASSWORD", pw),
+        ]))
+        .ok()
+        .unwrap();
+        assert_eq!(t.shown, "admin:***@db.example:5432/livermore");
+        assert_eq!(t.scrub(format!("echo {pw} here")), "echo *** here");
+    }
+
+    #[test]
+    fn only_tls_modes_are_accepted() {
+        let base = [
+            ("PG_SANDBOX_HOST", "h"),
+            ("PG_SANDBOX_USER", "u"),
+            ("PG_SANDBOX_PASSWORD", "p"),
+        ];
+        for (mode, ok) in [
+            ("require", true),
+            ("verify-full", true),
+            ("disable", false),
+            ("prefer", false),
+        ] {
+            let mut v = base.to_vec();
+            v.push(("PG_SANDBOX_SSLMODE", mode));
+            assert_eq!(Target::sandbox(vars(&v)).is_ok(), ok, "{mode}");
+        }
+        let mut v = base.to_vec();
+        v.push(("PG_SANDBOX_PORT", "not-a-port"));
+        assert!(Target::sandbox(vars(&v)).is_err());
+    }
+
+    #[test]
+    fn url_passwords_are_found_for_masking() {
+        assert_eq!(
+            url_password("postgres://u:secret@h:1/d").as_deref(),
+            Some("secret")
+        );
+        assert_eq!(url_password("postgres://u@h/d"), None);
+        assert_eq!(url_password("postgres://h/d"), None);
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
