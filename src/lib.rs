@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod clerk;
 mod error;
 mod input;
 mod role;

@@ -58,8 +58,10 @@ pub struct User {
     pub identity_picture_url: Option<String>,
     /// What the user may do.
     pub role: Role,
-    /// The last [`record_login`] (UTC).
+    /// The last [`record_login`], or the provider's last sign-in when synced (UTC).
     pub last_login_at: Option<DateTime<Utc>>,
+    /// The provider's `updated_at` of the last synced profile (UTC); `None` when never synced.
+    pub identity_updated_at: Option<DateTime<Utc>>,
 }
 
 /// A `users` row as the database returns it: `timestamp` columns are naive, holding UTC.
@@ -76,6 +78,7 @@ struct UserRow {
     identity_picture_url: Option<String>,
     role: Role,
     last_login_at: Option<NaiveDateTime>,
+    identity_updated_at: Option<NaiveDateTime>,
 }
 
 impl From<UserRow> for User {
@@ -93,6 +96,7 @@ impl From<UserRow> for User {
             identity_picture_url: r.identity_picture_url,
             role: r.role,
             last_login_at: r.last_login_at.map(|t| t.and_utc()),
+            identity_updated_at: r.identity_updated_at.map(|t| t.and_utc()),
         }
     }
 }
@@ -130,7 +134,7 @@ pub async fn find_by_identity(
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at
+                  role AS "role: Role", last_login_at, identity_updated_at
            FROM users
            WHERE identity_provider = $1 AND identity_sub = $2"#,
         identity.provider.as_str(),
@@ -147,7 +151,7 @@ pub async fn find_by_id(executor: impl PgExecutor<'_>, id: UserId) -> Result<Opt
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at
+                  role AS "role: Role", last_login_at, identity_updated_at
            FROM users
            WHERE id = $1"#,
         id.0,
@@ -167,7 +171,7 @@ pub async fn find_by_email(
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at
+                  role AS "role: Role", last_login_at, identity_updated_at
            FROM users
            WHERE email = $1"#,
         email.as_str(),
@@ -267,51 +271,103 @@ where
     A: Acquire<'c, Database = Postgres>,
 {
     let mut conn = conn.acquire().await?;
-    let base = username_from_email(&profile.email);
-    let mut username = base.clone();
-    let mut attempts = 1;
-    let mut email_retried = false;
+    let mut retries = UsernameRetries::new(&profile.email);
     loop {
-        let result = if conn.is_in_transaction() {
-            let mut savepoint = Connection::begin(&mut *conn).await?;
-            match upsert_identity(&mut savepoint, profile, &username).await {
-                Ok(done) => {
-                    savepoint.commit().await?;
-                    Ok(done)
-                }
-                Err(e) => {
-                    savepoint.rollback().await?;
-                    Err(e)
-                }
-            }
-        } else {
-            upsert_identity(&mut conn, profile, &username).await
-        };
-        let e = match result {
+        let result = attempt!(&mut *conn, |c| upsert_identity(
+            c,
+            profile,
+            retries.username()
+        )
+        .await);
+        match result {
             Ok(done) => return Ok(done),
-            Err(e) => e,
-        };
+            Err(e) => retries.after(&mut conn, e).await?,
+        }
+    }
+}
+
+/// Runs one attempt of a statement that may fail on a constraint: in a savepoint when the connection
+/// is in a transaction (so a failure leaves the caller's transaction usable), directly otherwise.
+macro_rules! attempt {
+    ($conn:expr, |$c:ident| $body:expr) => {{
+        let conn: &mut PgConnection = $conn;
+        if conn.is_in_transaction() {
+            let mut savepoint = Connection::begin(&mut *conn).await?;
+            let result = {
+                let $c: &mut PgConnection = &mut savepoint;
+                $body
+            };
+            if result.is_ok() {
+                savepoint.commit().await?;
+            } else {
+                savepoint.rollback().await?;
+            }
+            result
+        } else {
+            let $c = conn;
+            $body
+        }
+    }};
+}
+pub(crate) use attempt;
+
+/// The username candidates for a new user and what to do after each failed insert: the email's
+/// [`username_from_email`], then `base_N` for the first free N, then random suffixes, at most
+/// [`USERNAME_ATTEMPTS`] in all. A unique violation on the email is retried once (a concurrent insert of
+/// the same identity can collide there before it sees the identity), then it is [`Error::EmailTaken`].
+pub(crate) struct UsernameRetries<'e> {
+    email: &'e Email,
+    base: String,
+    username: String,
+    attempts: u32,
+    email_retried: bool,
+}
+
+impl<'e> UsernameRetries<'e> {
+    pub(crate) fn new(email: &'e Email) -> Self {
+        let base = username_from_email(email);
+        UsernameRetries {
+            email,
+            username: base.clone(),
+            base,
+            attempts: 1,
+            email_retried: false,
+        }
+    }
+
+    /// The username to try now.
+    pub(crate) fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// After a failed attempt: `Ok(())` to try again (with the next username), or the final error.
+    pub(crate) async fn after(
+        &mut self,
+        conn: &mut PgConnection,
+        e: sqlx::Error,
+    ) -> Result<(), Error> {
         match unique_violation(&e) {
-            Some("users_username_unique") if attempts < USERNAME_ATTEMPTS => {
-                username = if attempts == 1 {
-                    first_free_numbered(&mut conn, &base).await?
+            Some("users_username_unique") if self.attempts < USERNAME_ATTEMPTS => {
+                self.username = if self.attempts == 1 {
+                    first_free_numbered(conn, &self.base).await?
                 } else {
-                    with_suffix(&base, &random_suffix())
+                    with_suffix(&self.base, &random_suffix())
                 };
-                attempts += 1;
+                self.attempts += 1;
+                Ok(())
             }
-            Some("users_username_unique") => {
-                return Err(Error::UsernameExhausted { base, attempts });
+            Some("users_username_unique") => Err(Error::UsernameExhausted {
+                base: self.base.clone(),
+                attempts: self.attempts,
+            }),
+            Some("users_email_unique") if !self.email_retried => {
+                self.email_retried = true;
+                Ok(())
             }
-            // A concurrent sign-in of the same identity can make the insert collide on the email
-            // before it sees the identity; once more, and the identity's row is found.
-            Some("users_email_unique") if !email_retried => email_retried = true,
-            Some("users_email_unique") => {
-                return Err(Error::EmailTaken {
-                    email: profile.email.as_str().to_owned(),
-                });
-            }
-            _ => return Err(e.into()),
+            Some("users_email_unique") => Err(Error::EmailTaken {
+                email: self.email.as_str().to_owned(),
+            }),
+            _ => Err(e.into()),
         }
     }
 }
@@ -332,7 +388,8 @@ async fn upsert_identity(
                          updated_at = now() AT TIME ZONE 'UTC'
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, (xmax = 0) AS "created!""#,
+                     role AS "role: Role", last_login_at, identity_updated_at,
+                     (xmax = 0) AS "created!""#,
         username,
         profile.email.as_str(),
         profile.identity.provider.as_str(),
@@ -355,6 +412,7 @@ async fn upsert_identity(
         identity_picture_url: row.identity_picture_url,
         role: row.role,
         last_login_at: row.last_login_at,
+        identity_updated_at: row.identity_updated_at,
     });
     Ok(SignIn {
         user,
@@ -401,7 +459,7 @@ where
              AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at"#,
         id.0,
         identity.provider.as_str(),
         identity.subject.as_str(),
@@ -440,7 +498,7 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
            WHERE id = $1
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -461,7 +519,7 @@ pub async fn set_role(
            WHERE id = $1
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at"#,
         id.0,
         role as Role,
     )
@@ -480,7 +538,7 @@ pub async fn deactivate(executor: impl PgExecutor<'_>, id: UserId) -> Result<Use
            WHERE id = $1
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -518,7 +576,7 @@ pub async fn list_by_role(
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at
+                  role AS "role: Role", last_login_at, identity_updated_at
            FROM users
            WHERE role = $1 AND id > $2
            ORDER BY id

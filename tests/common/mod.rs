@@ -109,6 +109,8 @@ pub fn expected_users_shape() -> UsersShape {
             column("identity_picture_url", "text", None, None, true),
             column("role", "character varying", Some(20), Some("'user'::character varying"), false),
             column("last_login_at", "timestamp without time zone", None, None, true),
+            // Migration 0004: the provider's updated_at of the last synced profile.
+            column("identity_updated_at", "timestamp without time zone", None, None, true),
         ],
         constraints: vec![
             constraint("users_email_unique", "u", "UNIQUE (email)"),
@@ -143,9 +145,11 @@ pub fn expected_users_shape() -> UsersShape {
     }
 }
 
-/// The shape after reverting 0003: the baseline's `now()` defaults on `created_at` and `updated_at`.
+/// The shape after reverting 0004 and 0003: no `identity_updated_at`, and the baseline's `now()`
+/// defaults on `created_at` and `updated_at`.
 pub fn expected_users_shape_before_0003() -> UsersShape {
     let mut shape = expected_users_shape();
+    shape.columns.retain(|c| c.name != "identity_updated_at");
     for c in &mut shape.columns {
         if c.name == "created_at" || c.name == "updated_at" {
             c.default = Some("now()".into());
@@ -173,11 +177,14 @@ pub async fn applied_versions<'c>(conn: impl PgExecutor<'c>) -> Vec<i64> {
     .expect("read _sqlx_migrations")
 }
 
-/// Every row of a table as JSON, one line each, ordered by id: compares tables before and after.
+/// Every row of a table as JSON, one line each, ordered by id: compares tables before and after
+/// migrating.
 pub async fn rows_of<'c>(conn: impl PgExecutor<'c>, table: &'static str) -> String {
     let sql = match table {
+        // Without the sync bookkeeping column of 0004, which the old schemas never had.
         "users" => {
-            "SELECT coalesce(string_agg(to_jsonb(t)::text, E'\\n' ORDER BY id), '') FROM users t"
+            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at')::text, E'\\n' ORDER BY id), '')
+             FROM users t"
         }
         "watchlists" => {
             "SELECT coalesce(string_agg(to_jsonb(t)::text, E'\\n' ORDER BY id), '') FROM watchlists t"

@@ -1,0 +1,35 @@
+-- Identity-provider sync (Clerk webhooks and backfills), applied idempotently and in any order:
+--   * users.identity_updated_at: the provider's `updated_at` of the last profile applied (UTC). An event
+--     no newer than it changes nothing.
+--   * identity_tombstones: identities the provider deleted, so that a `created`/`updated` event arriving
+--     after the `deleted` one never brings the user back.
+-- Adoptable like the others; what it creates carries a comment marker for the down migration.
+SET LOCAL lock_timeout = '5s';
+
+DO $migration$
+DECLARE
+    marker constant text := 'livermore-db: added by migration 0004';
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = 'users'::regclass AND attname = 'identity_updated_at' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE users ADD COLUMN identity_updated_at timestamp;
+        EXECUTE format('COMMENT ON COLUMN users.identity_updated_at IS %L', marker);
+    ELSE
+        RAISE NOTICE 'livermore-db 0004: column users.identity_updated_at already exists; adopted as it is';
+    END IF;
+
+    IF to_regclass(format('%I.identity_tombstones', current_schema())) IS NULL THEN
+        CREATE TABLE identity_tombstones (
+            identity_provider varchar(20)  NOT NULL,
+            identity_sub      varchar(255) NOT NULL,
+            deleted_at        timestamp    NOT NULL,
+            CONSTRAINT identity_tombstones_pkey PRIMARY KEY (identity_provider, identity_sub)
+        );
+        EXECUTE format('COMMENT ON TABLE identity_tombstones IS %L', marker);
+    ELSE
+        RAISE NOTICE 'livermore-db 0004: table identity_tombstones already exists; adopted as it is';
+    END IF;
+END
+$migration$;
