@@ -42,7 +42,9 @@ use sqlx::{Acquire, Connection, PgConnection, Postgres};
 use crate::error::{Error, shown};
 use crate::input::{DisplayName, Email, PictureUrl, Subject};
 use crate::role::Role;
-use crate::users::{UserId, UsernameRetries, attempt, username_from_email};
+use crate::users::{
+    UserId, UsernameRetries, attempt, next_free, username_from_email, usernames_like,
+};
 
 /// The provider name Clerk identities are stored under.
 pub const PROVIDER: &str = "clerk";
@@ -672,21 +674,22 @@ async fn bulk_insert(
         return Ok(Subjects::new());
     }
     let c = Columns::of(profiles);
-    // Usernames from the emails, made unique within the batch; clashes with stored ones fall through.
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let usernames: Vec<String> = profiles
+    // Usernames from the emails, free among the stored ones and unique within the batch; a user
+    // created meanwhile can still take one, and that record falls through to the one-by-one path.
+    let bases: Vec<String> = profiles
         .iter()
-        .map(|(_, p)| {
-            let base = username_from_email(&p.email);
-            let n = seen.entry(base.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                base
-            } else {
-                let suffix = n.to_string();
-                let keep = 50usize.saturating_sub(suffix.len() + 1).min(base.len());
-                format!("{}_{suffix}", &base[..keep])
-            }
+        .map(|(_, p)| username_from_email(&p.email))
+        .collect();
+    let mut distinct: Vec<&str> = bases.iter().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut taken = usernames_like(&mut *conn, &distinct).await?;
+    let usernames: Vec<String> = bases
+        .iter()
+        .map(|base| {
+            let name = next_free(base, &taken, 1);
+            taken.insert(name.clone());
+            name
         })
         .collect();
     let mut savepoint = Connection::begin(&mut *conn).await?;

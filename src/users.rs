@@ -9,6 +9,7 @@
 //! them as `now() AT TIME ZONE 'UTC'` (and the table's defaults do the same), so neither the server's nor
 //! the session's `TimeZone` shifts them, and it reads them back as [`DateTime<Utc>`].
 
+use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -422,20 +423,41 @@ async fn upsert_identity(
 
 /// `base_N` for the smallest N ≥ 2 that no user has, as the database sees it now.
 async fn first_free_numbered(conn: &mut PgConnection, base: &str) -> Result<String, Error> {
-    let n = sqlx::query_scalar!(
-        r#"SELECT n AS "n!" FROM generate_series(2, 99999) AS n
-           WHERE NOT EXISTS (
-               SELECT 1 FROM users WHERE username = left($1, 49 - length(n::text)) || '_' || n
-           )
-           ORDER BY n LIMIT 1"#,
-        base,
+    let taken = usernames_like(conn, &[base]).await?;
+    Ok(next_free(base, &taken, 2))
+}
+
+/// The stored usernames that are one of `bases` or start with one (a superset of every `base_N`), in
+/// one statement.
+pub(crate) async fn usernames_like(
+    conn: &mut PgConnection,
+    bases: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    // A suffixed name cuts its base to fit 50 characters with `_N`: match on the part that survives
+    // the longest suffix tried, with LIKE's wildcards escaped (a base holds only a-z 0-9 . _ -).
+    let patterns: Vec<String> = bases
+        .iter()
+        .map(|b| format!("{}%", b[..b.len().min(43)].replace('_', "\\_")))
+        .collect();
+    let rows = sqlx::query_scalar!(
+        r#"SELECT username FROM users WHERE username LIKE ANY($1::text[])"#,
+        &patterns,
     )
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(match n {
-        Some(n) => with_suffix(base, &n.to_string()),
-        None => with_suffix(base, &random_suffix()),
-    })
+    Ok(rows.into_iter().collect())
+}
+
+/// `base` itself when `from` is 1 and it is free, else `base_N` for the smallest N ≥ `from.max(2)` not
+/// in `taken`.
+pub(crate) fn next_free(base: &str, taken: &HashSet<String>, from: u32) -> String {
+    if from <= 1 && !taken.contains(base) {
+        return base.to_owned();
+    }
+    (from.max(2)..)
+        .map(|n| with_suffix(base, &n.to_string()))
+        .find(|name| !taken.contains(name))
+        .unwrap_or_else(|| with_suffix(base, &random_suffix()))
 }
 
 /// Links an existing user (say, one created before identity sign-in) to an identity, and returns the
