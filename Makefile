@@ -18,7 +18,7 @@ ifeq ($(filter $(ENV),$(VALID_ENVS)),)
 $(error unknown ENV '$(ENV)'; valid: $(VALID_ENVS))
 endif
 
-.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift db-migrated prepare test lint fmt example
+.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk db-migrated prepare test lint fmt example bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -58,6 +58,10 @@ migrate-status: ## List applied, pending and mismatched migrations (ENV=local|sa
 
 drift: ## Compare the live schema with the migrations; exit 1 on a difference (ENV=local|sandbox)
 	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) drift
+
+import-clerk: ## Backfill Clerk users from FILE=users.json (a JSON array or JSON lines; ENV=local|sandbox)
+	@test -n "$(FILE)" || { echo "usage: make import-clerk FILE=users.json [ENV=local|sandbox]" >&2; exit 1; }
+	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) import-clerk "$(FILE)"
 
 # The local database migrated with sqlx-cli, which needs no build of ours (for regenerating the cache).
 db-migrated: sqlx-cli

@@ -5,6 +5,7 @@
 //! 2 on a usage error. A failure is one line on stderr, without a stack trace or a secret.
 
 mod drift;
+mod import;
 mod migrate;
 mod target;
 
@@ -13,13 +14,16 @@ use std::process::ExitCode;
 use target::{ENVS, Failure, Target};
 
 const USAGE: &str = "\
-usage: livermore-db [--env local|sandbox] <command> [--dry-run]
+usage: livermore-db [--env local|sandbox] <command> [options]
 
 commands:
   migrate     create the database if missing, then apply the pending migrations, each one said
               (--dry-run: say what would be done, change nothing)
   status      list the migrations: applied, pending, mismatched (edited after being applied)
   drift       compare the live schema of the managed tables with the migrations; exit 1 on any difference
+  import-clerk FILE [--batch-size N]
+              apply Clerk users (a JSON array, or one JSON object a line) as a backfill, N a statement
+              (default 5000); prints a summary; exit 1 when any record was rejected
 
 environments:
   local       DATABASE_URL (make sets it to the project-local database)
@@ -30,21 +34,35 @@ environments:
 struct Args {
     env: String,
     command: String,
+    file: Option<String>,
     dry_run: bool,
+    batch_size: usize,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut env = "local".to_owned();
     let mut command = None;
+    let mut file = None;
     let mut dry_run = false;
+    let mut batch_size = livermore_db::clerk::DEFAULT_BATCH_SIZE;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--env" => env = args.next().ok_or("--env needs a value")?,
             "--dry-run" => dry_run = true,
+            "--batch-size" => {
+                batch_size = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--batch-size needs a positive number")?;
+            }
             "-h" | "--help" | "help" => return Err(String::new()),
             s if s.starts_with("--env=") => env = s["--env=".len()..].to_owned(),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s if command.is_none() => command = Some(s.to_owned()),
+            s if command.as_deref() == Some("import-clerk") && file.is_none() => {
+                file = Some(s.to_owned())
+            }
             s => return Err(format!("unexpected argument {s}")),
         }
     }
@@ -58,10 +76,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if dry_run && command != "migrate" {
         return Err("--dry-run goes with migrate".to_owned());
     }
+    if command == "import-clerk" && file.is_none() {
+        return Err("import-clerk needs a FILE".to_owned());
+    }
     Ok(Args {
         env,
         command,
+        file,
         dry_run,
+        batch_size,
     })
 }
 
@@ -71,8 +94,12 @@ async fn run(args: Args) -> Result<bool, Failure> {
         "migrate" => migrate::migrate(&target, args.dry_run).await,
         "status" => migrate::status(&target).await,
         "drift" => drift::drift(&target).await,
+        "import-clerk" => {
+            let file = args.file.unwrap_or_default();
+            import::import_clerk(&target, std::path::Path::new(&file), args.batch_size).await
+        }
         other => Err(Failure::new(format!(
-            "unknown command {other:?}; valid: migrate, status, drift"
+            "unknown command {other:?}; valid: migrate, status, drift, import-clerk"
         ))),
     }
 }
