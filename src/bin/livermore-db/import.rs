@@ -25,8 +25,11 @@ impl Numbering {
     }
 }
 
-/// The records of a file: each a Clerk user, or why it is not one.
-fn parse(text: &str) -> Result<(Numbering, Vec<(usize, Result<ClerkUser, String>)>), String> {
+/// A record's position, and the Clerk user or why it is not one.
+type Record = (usize, Result<ClerkUser, String>);
+
+/// The records of a file.
+fn parse(text: &str) -> Result<(Numbering, Vec<Record>), String> {
     if text.trim_start().starts_with('[') {
         let values: Vec<serde_json::Value> =
             serde_json::from_str(text).map_err(|e| format!("not a JSON array of records: {e}"))?;
