@@ -86,6 +86,10 @@ example: migrate ## Run examples/sign_in.rs against the database: sign in twice,
 	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
 	SQLX_OFFLINE=true $(CARGO) run --quiet --example sign_in
 
+bench: db-migrated ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
+	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+	SQLX_OFFLINE=true $(CARGO) bench --bench iam
+
 lint: ## clippy with -D warnings and rustfmt --check, built offline with no DATABASE_URL
 	env -u DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) fmt --check

@@ -42,9 +42,7 @@ use sqlx::{Acquire, Connection, PgConnection, Postgres};
 use crate::error::{Error, shown};
 use crate::input::{DisplayName, Email, PictureUrl, Subject};
 use crate::role::Role;
-use crate::users::{
-    UserId, UsernameRetries, attempt, next_free, username_from_email, usernames_like,
-};
+use crate::users::{UserId, UsernameRetries, attempt, free_usernames, username_from_email};
 
 /// The provider name Clerk identities are stored under.
 pub const PROVIDER: &str = "clerk";
@@ -680,16 +678,19 @@ async fn bulk_insert(
         .iter()
         .map(|(_, p)| username_from_email(&p.email))
         .collect();
-    let mut distinct: Vec<&str> = bases.iter().map(String::as_str).collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let mut taken = usernames_like(&mut *conn, &distinct).await?;
+    let mut need: HashMap<&str, usize> = HashMap::new();
+    for base in &bases {
+        *need.entry(base).or_default() += 1;
+    }
+    let wanted: Vec<(&str, usize)> = need.into_iter().collect();
+    let mut free = free_usernames(&mut *conn, &wanted, 1).await?;
     let usernames: Vec<String> = bases
         .iter()
         .map(|base| {
-            let name = next_free(base, &taken, 1);
-            taken.insert(name.clone());
-            name
+            let names = free
+                .get_mut(base.as_str())
+                .filter(|names| !names.is_empty());
+            names.map_or_else(|| base.clone(), |names| names.remove(0))
         })
         .collect();
     let mut savepoint = Connection::begin(&mut *conn).await?;

@@ -39,6 +39,28 @@ pub use users::{
     username_from_email,
 };
 
+/// Pool options suited to this crate's short statements; use them for the pool you pass in.
+///
+/// The difference from sqlx's defaults: no `test_before_acquire` (sqlx's default pings the server on
+/// every acquire, a round trip as long as the look-up itself; a broken connection surfaces as an
+/// error on use instead, and `max_lifetime` retires old ones). Set `max_connections` to your
+/// concurrency.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), sqlx::Error> {
+/// let pool = livermore_db::pool_options()
+///     .max_connections(16)
+///     .connect("postgres://livermore@127.0.0.1:54329/livermore")
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new()
+        .test_before_acquire(false)
+        .max_lifetime(std::time::Duration::from_secs(30 * 60))
+}
+
 /// The crate's migrations (`migrations/` in the repository), embedded at compile time.
 ///
 /// Run it with [`Migrator::run`](sqlx::migrate::Migrator::run) at service start-up, or use

@@ -9,7 +9,7 @@
 //! them as `now() AT TIME ZONE 'UTC'` (and the table's defaults do the same), so neither the server's nor
 //! the session's `TimeZone` shifts them, and it reads them back as [`DateTime<Utc>`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -423,41 +423,68 @@ async fn upsert_identity(
 
 /// `base_N` for the smallest N ≥ 2 that no user has, as the database sees it now.
 async fn first_free_numbered(conn: &mut PgConnection, base: &str) -> Result<String, Error> {
-    let taken = usernames_like(conn, &[base]).await?;
-    Ok(next_free(base, &taken, 2))
+    let mut free = free_usernames(conn, &[(base, 1)], 2).await?;
+    Ok(free
+        .remove(base)
+        .and_then(|names| names.into_iter().next())
+        .unwrap_or_else(|| with_suffix(base, &random_suffix())))
 }
 
-/// The stored usernames that are one of `bases` or start with one (a superset of every `base_N`), in
-/// one statement.
-pub(crate) async fn usernames_like(
+/// For each `(base, need)`, the first `need` usernames in the order `base` (when `from` is 1),
+/// `base_2`, `base_3`, … that no stored user has. Each round is one index look-up of all candidates
+/// (`username = ANY(…)`); a base whose candidates were all taken gets twice as many the next round.
+pub(crate) async fn free_usernames(
     conn: &mut PgConnection,
-    bases: &[&str],
-) -> Result<HashSet<String>, sqlx::Error> {
-    // A suffixed name cuts its base to fit 50 characters with `_N`: match on the part that survives
-    // the longest suffix tried, with LIKE's wildcards escaped (a base holds only a-z 0-9 . _ -).
-    let patterns: Vec<String> = bases
+    wanted: &[(&str, usize)],
+    from: u32,
+) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+    let name = |base: &str, n: u32| {
+        if n <= 1 {
+            base.to_owned()
+        } else {
+            with_suffix(base, &n.to_string())
+        }
+    };
+    let mut free: HashMap<String, Vec<String>> = HashMap::new();
+    // (base, still needed, next n to try, how many to try this round)
+    let mut open: Vec<(&str, usize, u32, u32)> = wanted
         .iter()
-        .map(|b| format!("{}%", b[..b.len().min(43)].replace('_', "\\_")))
+        .filter(|(_, need)| *need > 0)
+        .map(|&(base, need)| (base, need, from.max(1), need as u32 + 1))
         .collect();
-    let rows = sqlx::query_scalar!(
-        r#"SELECT username FROM users WHERE username LIKE ANY($1::text[])"#,
-        &patterns,
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// `base` itself when `from` is 1 and it is free, else `base_N` for the smallest N ≥ `from.max(2)` not
-/// in `taken`.
-pub(crate) fn next_free(base: &str, taken: &HashSet<String>, from: u32) -> String {
-    if from <= 1 && !taken.contains(base) {
-        return base.to_owned();
+    while !open.is_empty() {
+        let candidates: Vec<String> = open
+            .iter()
+            .flat_map(|&(base, _, next, span)| {
+                (next..next.saturating_add(span)).map(move |n| name(base, n))
+            })
+            .collect();
+        let taken: HashSet<String> = sqlx::query_scalar!(
+            r#"SELECT username FROM users WHERE username = ANY($1::varchar[])"#,
+            &candidates,
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        open = open
+            .into_iter()
+            .filter_map(|(base, need, next, span)| {
+                let got = free.entry(base.to_owned()).or_default();
+                let mut still = need;
+                for n in next..next.saturating_add(span) {
+                    let candidate = name(base, n);
+                    if still > 0 && !taken.contains(&candidate) {
+                        got.push(candidate);
+                        still -= 1;
+                    }
+                }
+                (still > 0 && next < 1_000_000)
+                    .then(|| (base, still, next + span, span.saturating_mul(2)))
+            })
+            .collect();
     }
-    (from.max(2)..)
-        .map(|n| with_suffix(base, &n.to_string()))
-        .find(|name| !taken.contains(name))
-        .unwrap_or_else(|| with_suffix(base, &random_suffix()))
+    Ok(free)
 }
 
 /// Links an existing user (say, one created before identity sign-in) to an identity, and returns the
