@@ -137,7 +137,7 @@ where
         .map(|c| {
             let (op, done) = (op.clone(), done.clone());
             tokio::spawn(async move {
-                let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (u64::from(c) + 1) * 0x2545_F491);
+                let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((u64::from(c) + 1) * 0x2545_F491));
                 while Instant::now() < deadline {
                     op(rng.below(WITH_IDENTITY) + 1).await;
                     done.fetch_add(1, Ordering::Relaxed);
