@@ -10,7 +10,7 @@
 //!    same rows into a table of the same shape (`LIKE users INCLUDING ALL`).
 //!
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
-//! measurement, default 5), BENCH_BATCH (backfill batch size, default 5000).
+//! measurement, default 5), BENCH_BATCH (backfill batch size, default `clerk::DEFAULT_BATCH_SIZE`).
 use std::io::Write;
 use std::process::Command;
 use std::str::FromStr;

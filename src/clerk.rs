@@ -466,7 +466,7 @@ impl BackfillReport {
 }
 
 /// The default number of users a backfill applies per statement.
-pub const DEFAULT_BATCH_SIZE: usize = 5000;
+pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 
 /// Applies one batch of Clerk users (each with its position in the input, for the report) with the
 /// same rules as [`apply_user`], in a few statements over `UNNEST`ed arrays instead of one per user.
@@ -525,28 +525,27 @@ where
     let mut tx = Connection::begin(&mut *conn).await?;
     // Which are new, which are stale, which need an update.
     let subjects: Vec<&str> = profiles.iter().map(|(_, p)| p.subject.as_str()).collect();
-    let updated_ats: Vec<NaiveDateTime> = profiles
-        .iter()
-        .map(|(_, p)| p.updated_at.naive_utc())
-        .collect();
+    // `= ANY` lets the planner probe the identity index once per subject.
     let known = sqlx::query!(
-        r#"SELECT i.sub AS "sub!",
-                  coalesce(u.identity_updated_at >= i.updated_at, false) AS "stale!"
-           FROM unnest($1::varchar[], $2::timestamp[]) AS i(sub, updated_at)
-           JOIN users u ON u.identity_provider = 'clerk' AND u.identity_sub = i.sub"#,
+        r#"SELECT identity_sub AS "sub!", identity_updated_at FROM users
+           WHERE identity_provider = 'clerk' AND identity_sub = ANY($1::varchar[])"#,
         &subjects as &[&str],
-        &updated_ats,
     )
     .fetch_all(&mut *tx)
     .await?;
-    let known: HashMap<String, bool> = known.into_iter().map(|r| (r.sub, r.stale)).collect();
+    let known: HashMap<String, Option<NaiveDateTime>> = known
+        .into_iter()
+        .map(|r| (r.sub, r.identity_updated_at))
+        .collect();
 
     let mut to_update = Vec::new();
     let mut to_insert = Vec::new();
     for (position, profile) in profiles {
         match known.get(profile.subject.as_str()) {
-            Some(true) => report.unchanged += 1,
-            Some(false) => to_update.push((position, profile)),
+            Some(Some(stored)) if *stored >= profile.updated_at.naive_utc() => {
+                report.unchanged += 1
+            }
+            Some(_) => to_update.push((position, profile)),
             None => to_insert.push((position, profile)),
         }
     }
@@ -601,8 +600,8 @@ struct Columns<'p> {
 }
 
 impl<'p> Columns<'p> {
-    fn of(profiles: &'p [(usize, ClerkProfile)]) -> Self {
-        let ps = || profiles.iter().map(|(_, p)| p);
+    fn of(profiles: &[&'p ClerkProfile]) -> Self {
+        let ps = || profiles.iter().copied();
         Columns {
             subject: ps().map(|p| p.subject.as_str()).collect(),
             email: ps().map(|p| p.email.as_str()).collect(),
@@ -631,7 +630,8 @@ async fn bulk_update(
     if profiles.is_empty() {
         return Ok(Subjects::new());
     }
-    let c = Columns::of(profiles);
+    let all: Vec<&ClerkProfile> = profiles.iter().map(|(_, p)| p).collect();
+    let c = Columns::of(&all);
     let mut savepoint = Connection::begin(&mut *conn).await?;
     let result = sqlx::query_scalar!(
         r#"UPDATE users u
@@ -662,8 +662,10 @@ async fn bulk_update(
     settle(savepoint, result).await
 }
 
-/// Inserts the new users; any that collide on a unique constraint (username, email, or an identity
-/// created meanwhile) are skipped by `ON CONFLICT DO NOTHING` and left to the one-by-one path.
+/// Inserts the new users in one plain `INSERT … SELECT FROM unnest(…)`. Those whose email is already
+/// stored, or repeats an earlier one of the batch, are left out beforehand (the one-by-one path says
+/// why); should the statement still hit a unique violation (a user created meanwhile), it is rolled
+/// back and every record goes the one-by-one way.
 async fn bulk_insert(
     conn: &mut PgConnection,
     profiles: &[(usize, ClerkProfile)],
@@ -671,12 +673,30 @@ async fn bulk_insert(
     if profiles.is_empty() {
         return Ok(Subjects::new());
     }
-    let c = Columns::of(profiles);
+    let emails: Vec<&str> = profiles.iter().map(|(_, p)| p.email.as_str()).collect();
+    let stored: Subjects = sqlx::query_scalar!(
+        r#"SELECT email FROM users WHERE email = ANY($1::varchar[])"#,
+        &emails as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let mut seen = std::collections::HashSet::new();
+    let profiles: Vec<&ClerkProfile> = profiles
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| !stored.contains(p.email.as_str()) && seen.insert(p.email.as_str()))
+        .collect();
+    if profiles.is_empty() {
+        return Ok(Subjects::new());
+    }
+    let c = Columns::of(&profiles);
     // Usernames from the emails, free among the stored ones and unique within the batch; a user
     // created meanwhile can still take one, and that record falls through to the one-by-one path.
     let bases: Vec<String> = profiles
         .iter()
-        .map(|(_, p)| username_from_email(&p.email))
+        .map(|p| username_from_email(&p.email))
         .collect();
     let mut need: HashMap<&str, usize> = HashMap::new();
     for base in &bases {
@@ -694,7 +714,7 @@ async fn bulk_insert(
         })
         .collect();
     let mut savepoint = Connection::begin(&mut *conn).await?;
-    let result = sqlx::query_scalar!(
+    let result = sqlx::query!(
         r#"INSERT INTO users (username, email, identity_provider, identity_sub, display_name,
                               identity_picture_url, role, last_login_at, identity_updated_at, is_active)
            SELECT i.username, i.email, 'clerk', i.sub, i.display_name, i.picture_url,
@@ -703,9 +723,7 @@ async fn bulk_insert(
                               WHERE t.identity_provider = 'clerk' AND t.identity_sub = i.sub)
            FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
                        $6::varchar[], $7::timestamp[], $8::timestamp[])
-                AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at)
-           ON CONFLICT DO NOTHING
-           RETURNING identity_sub AS "sub!""#,
+                AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at)"#,
         &usernames,
         &c.email as &[&str],
         &c.subject as &[&str],
@@ -715,9 +733,11 @@ async fn bulk_insert(
         &c.last_login_at as &[Option<NaiveDateTime>],
         &c.updated_at,
     )
-    .fetch_all(&mut *savepoint)
+    .execute(&mut *savepoint)
     .await;
-    settle(savepoint, result).await
+    // No ON CONFLICT: when the statement succeeds, every row went in.
+    let placed = result.map(|_| c.subject.iter().map(|s| (*s).to_owned()).collect());
+    settle(savepoint, placed).await
 }
 
 /// Commits a bulk statement's savepoint, or on a unique violation rolls it back and reports that

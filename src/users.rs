@@ -450,7 +450,7 @@ pub(crate) async fn free_usernames(
     let mut open: Vec<(&str, usize, u32, u32)> = wanted
         .iter()
         .filter(|(_, need)| *need > 0)
-        .map(|&(base, need)| (base, need, from.max(1), need as u32 + 1))
+        .map(|&(base, need)| (base, need, from.max(1), need as u32))
         .collect();
     while !open.is_empty() {
         let candidates: Vec<String> = open

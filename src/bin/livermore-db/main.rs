@@ -23,7 +23,7 @@ commands:
   drift       compare the live schema of the managed tables with the migrations; exit 1 on any difference
   import-clerk FILE [--batch-size N]
               apply Clerk users (a JSON array, or one JSON object a line) as a backfill, N a statement
-              (default 5000); prints a summary; exit 1 when any record was rejected
+              (default 10000); prints a summary; exit 1 when any record was rejected
 
 environments:
   local       DATABASE_URL (make sets it to the project-local database)
