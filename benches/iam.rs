@@ -10,7 +10,7 @@
 //!    same rows into a table of the same shape (`LIKE users INCLUDING ALL`).
 //!
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
-//! measurement, default 5), BENCH_BATCH (backfill batch size, default `clerk::DEFAULT_BATCH_SIZE`).
+//! measurement, default 5), BENCH_ONLY (`lookup`, `upsert` or `backfill`: that part alone), BENCH_BATCH (backfill batch size, default `clerk::DEFAULT_BATCH_SIZE`).
 use std::io::Write;
 use std::process::Command;
 use std::str::FromStr;
@@ -183,7 +183,9 @@ async fn main() {
     let batch: usize = std::env::var("BENCH_BATCH")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5000);
+        .unwrap_or(livermore_db::clerk::DEFAULT_BATCH_SIZE);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only == part;
     let server = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
     let o = server.clone().database(DATABASE);
 
@@ -246,7 +248,7 @@ async fn main() {
     );
 
     let mut rows = Vec::new();
-    for clients in CLIENTS {
+    for clients in CLIENTS.into_iter().filter(|_| runs("lookup")) {
         let p = pool(&o, clients).await;
         let ids = identities.clone();
         let lib = library(clients, seconds, move |n| {
@@ -269,7 +271,7 @@ async fn main() {
             target: 0.9,
         });
     }
-    for clients in CLIENTS {
+    for clients in CLIENTS.into_iter().filter(|_| runs("upsert")) {
         let p = pool(&o, clients).await;
         let profiles = profiles.clone();
         let lib = library(clients, seconds, move |n| {
@@ -293,68 +295,71 @@ async fn main() {
         });
     }
 
-    // Backfill: 100 000 new Clerk users through the library, and the same rows through \copy.
-    let users: Vec<(usize, ClerkUser)> = (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
-    let mut conn = setup.acquire().await.unwrap();
-    let started = Instant::now();
-    let mut created = 0;
-    for chunk in users.chunks(batch) {
-        created += apply_batch(&mut *conn, chunk)
-            .await
-            .expect("backfill")
-            .created;
-    }
-    let lib = f64::from(USERS) / started.elapsed().as_secs_f64();
-    assert_eq!(created, USERS as usize);
-
-    setup
-        .execute("CREATE TABLE users_copy (LIKE users INCLUDING ALL)")
-        .await
-        .unwrap();
-    let csv = std::env::temp_dir().join(format!("livermore-bench-{}.csv", std::process::id()));
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
-        for (_, u) in &users {
-            let p = u.to_profile().unwrap();
-            writeln!(
-                f,
-                "{},{},clerk,{},{},{},user,{},{},true",
-                livermore_db::username_from_email(&p.email),
-                p.email,
-                p.subject,
-                p.display_name.as_ref().map(|d| d.as_str()).unwrap_or(""),
-                p.picture_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
-                p.last_sign_in_at.unwrap().naive_utc(),
-                p.updated_at.naive_utc(),
-            )
-            .unwrap();
+    if runs("backfill") {
+        // Backfill: 100 000 new Clerk users through the library, and the same rows through \copy.
+        let users: Vec<(usize, ClerkUser)> =
+            (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
+        let mut conn = setup.acquire().await.unwrap();
+        let started = Instant::now();
+        let mut created = 0;
+        for chunk in users.chunks(batch) {
+            created += apply_batch(&mut *conn, chunk)
+                .await
+                .expect("backfill")
+                .created;
         }
+        let lib = f64::from(USERS) / started.elapsed().as_secs_f64();
+        assert_eq!(created, USERS as usize);
+
+        setup
+            .execute("CREATE TABLE users_copy (LIKE users INCLUDING ALL)")
+            .await
+            .unwrap();
+        let csv = std::env::temp_dir().join(format!("livermore-bench-{}.csv", std::process::id()));
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
+            for (_, u) in &users {
+                let p = u.to_profile().unwrap();
+                writeln!(
+                    f,
+                    "{},{},clerk,{},{},{},user,{},{},true",
+                    livermore_db::username_from_email(&p.email),
+                    p.email,
+                    p.subject,
+                    p.display_name.as_ref().map(|d| d.as_str()).unwrap_or(""),
+                    p.picture_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
+                    p.last_sign_in_at.unwrap().naive_utc(),
+                    p.updated_at.naive_utc(),
+                )
+                .unwrap();
+            }
+        }
+        let copy = format!(
+            "\\copy users_copy (username, email, identity_provider, identity_sub, display_name, identity_picture_url, role, last_login_at, identity_updated_at, is_active) FROM '{}' WITH (FORMAT csv)",
+            csv.display()
+        );
+        let started = Instant::now();
+        let out = Command::new(pg_tool("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
+            .args(conn_args(&o))
+            .output()
+            .expect("run psql");
+        let tool = f64::from(USERS) / started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "psql \\copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&csv);
+        rows.push(Row {
+            what: format!("backfill 100k users (batch {batch})"),
+            library: lib,
+            tool,
+            unit: " rows/s",
+            tool_name: "psql \\copy",
+            target: 0.5,
+        });
     }
-    let copy = format!(
-        "\\copy users_copy (username, email, identity_provider, identity_sub, display_name, identity_picture_url, role, last_login_at, identity_updated_at, is_active) FROM '{}' WITH (FORMAT csv)",
-        csv.display()
-    );
-    let started = Instant::now();
-    let out = Command::new(pg_tool("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
-        .args(conn_args(&o))
-        .output()
-        .expect("run psql");
-    let tool = f64::from(USERS) / started.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "psql \\copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_file(&csv);
-    rows.push(Row {
-        what: format!("backfill 100k users (batch {batch})"),
-        library: lib,
-        tool,
-        unit: " rows/s",
-        tool_name: "psql \\copy",
-        target: 0.5,
-    });
 
     println!();
     println!(
@@ -377,7 +382,6 @@ async fn main() {
             }
         );
     }
-    drop(conn);
     setup.close().await;
     admin
         .execute("DROP DATABASE IF EXISTS livermore_bench WITH (FORCE)")

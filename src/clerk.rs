@@ -673,15 +673,29 @@ async fn bulk_insert(
     if profiles.is_empty() {
         return Ok(Subjects::new());
     }
+    // Stored emails, and tombstones (a user Clerk deleted before we saw it is created inactive), in one
+    // round trip of index look-ups.
     let emails: Vec<&str> = profiles.iter().map(|(_, p)| p.email.as_str()).collect();
-    let stored: Subjects = sqlx::query_scalar!(
-        r#"SELECT email FROM users WHERE email = ANY($1::varchar[])"#,
+    let subjects: Vec<&str> = profiles.iter().map(|(_, p)| p.subject.as_str()).collect();
+    let found = sqlx::query!(
+        r#"SELECT true AS "is_email!", email AS "value!" FROM users WHERE email = ANY($1::varchar[])
+           UNION ALL
+           SELECT false, identity_sub FROM identity_tombstones
+           WHERE identity_provider = 'clerk' AND identity_sub = ANY($2::varchar[])"#,
         &emails as &[&str],
+        &subjects as &[&str],
     )
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    .await?;
+    let mut stored = Subjects::new();
+    let mut deleted = Subjects::new();
+    for row in found {
+        if row.is_email {
+            stored.insert(row.value);
+        } else {
+            deleted.insert(row.value);
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     let profiles: Vec<&ClerkProfile> = profiles
         .iter()
@@ -692,6 +706,10 @@ async fn bulk_insert(
         return Ok(Subjects::new());
     }
     let c = Columns::of(&profiles);
+    let active: Vec<bool> = profiles
+        .iter()
+        .map(|p| !deleted.contains(p.subject.as_str()))
+        .collect();
     // Usernames from the emails, free among the stored ones and unique within the batch; a user
     // created meanwhile can still take one, and that record falls through to the one-by-one path.
     let bases: Vec<String> = profiles
@@ -718,12 +736,11 @@ async fn bulk_insert(
         r#"INSERT INTO users (username, email, identity_provider, identity_sub, display_name,
                               identity_picture_url, role, last_login_at, identity_updated_at, is_active)
            SELECT i.username, i.email, 'clerk', i.sub, i.display_name, i.picture_url,
-                  coalesce(i.role, 'user'), i.last_login_at, i.updated_at,
-                  NOT EXISTS (SELECT 1 FROM identity_tombstones t
-                              WHERE t.identity_provider = 'clerk' AND t.identity_sub = i.sub)
+                  coalesce(i.role, 'user'), i.last_login_at, i.updated_at, i.active
            FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
-                       $6::varchar[], $7::timestamp[], $8::timestamp[])
-                AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at)"#,
+                       $6::varchar[], $7::timestamp[], $8::timestamp[], $9::bool[])
+                AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at,
+                     active)"#,
         &usernames,
         &c.email as &[&str],
         &c.subject as &[&str],
@@ -732,6 +749,7 @@ async fn bulk_insert(
         &c.role as &[Option<&str>],
         &c.last_login_at as &[Option<NaiveDateTime>],
         &c.updated_at,
+        &active,
     )
     .execute(&mut *savepoint)
     .await;
