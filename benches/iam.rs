@@ -7,7 +7,8 @@
 //! 3. Sign-in upsert: `sign_in` of returning users, against pgbench running the same INSERT … ON
 //!    CONFLICT … DO UPDATE.
 //! 4. Backfill: `clerk::apply_batch` of 100 000 new Clerk users into `users`, against `psql \copy` of the
-//!    same rows into a table of the same shape (`LIKE users INCLUDING ALL`).
+//!    same rows into a table of the same shape (`LIKE users INCLUDING ALL`) holding the same 100 000
+//!    users beforehand.
 //!
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
 //! measurement, default 5), BENCH_ONLY (`lookup`, `upsert` or `backfill`: that part alone), BENCH_BATCH (backfill batch size, default `clerk::DEFAULT_BATCH_SIZE`).
@@ -304,6 +305,19 @@ async fn main() {
         // Backfill: 100 000 new Clerk users through the library, and the same rows through \copy.
         let users: Vec<(usize, ClerkUser)> =
             (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
+        // Both start from the same state: the 100 000 users loaded above, in a table of the same shape.
+        setup
+            .execute("CREATE TABLE users_copy (LIKE users INCLUDING ALL)")
+            .await
+            .unwrap();
+        setup
+            .execute("INSERT INTO users_copy SELECT * FROM users")
+            .await
+            .unwrap();
+        setup
+            .execute("VACUUM ANALYZE users, users_copy")
+            .await
+            .unwrap();
         let mut conn = setup.acquire().await.unwrap();
         let started = Instant::now();
         let mut created = 0;
@@ -316,10 +330,6 @@ async fn main() {
         let lib = f64::from(USERS) / started.elapsed().as_secs_f64();
         assert_eq!(created, USERS as usize);
 
-        setup
-            .execute("CREATE TABLE users_copy (LIKE users INCLUDING ALL)")
-            .await
-            .unwrap();
         let csv = std::env::temp_dir().join(format!("livermore-bench-{}.csv", std::process::id()));
         {
             let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
