@@ -178,7 +178,9 @@ fn clerk_user(n: u32) -> ClerkUser {
 async fn main() {
     // `cargo test --all-targets` builds and runs bench targets too, without `--bench`: then only say so.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/iam.rs is a benchmark: run it with `make bench` (cargo bench --bench iam)");
+        println!(
+            "benches/iam.rs is a benchmark: run it with `make bench` (cargo bench --bench iam)"
+        );
         return;
     }
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (make bench sets it)");

@@ -145,11 +145,24 @@ async fn connect(database: &str) -> PgConnection {
 /// Drops `database` so that the test starts where an operator would: without it.
 async fn fresh(database: &str) {
     let mut admin = connect("postgres").await;
-    let sql = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut admin)
-        .await
-        .expect("drop database");
+    // Not WITH (FORCE): that would have to signal the superuser's autovacuum workers, which the
+    // sandbox's unprivileged role may not; PostgreSQL cancels those itself. A session of ours that is
+    // still closing makes the drop fail with 55006 for a moment: wait for it.
+    let sql = format!("DROP DATABASE IF EXISTS \"{database}\"");
+    for attempt in 1.. {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => return,
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55006") && attempt < 50 =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("drop database {database}: {e}"),
+        }
+    }
 }
 
 async fn create(database: &str) {
