@@ -609,3 +609,55 @@ async fn the_tombstone_keeps_the_sync_migration_from_going_down(pool: PgPool) {
         .unwrap();
     assert_eq!(kept, 1);
 }
+
+#[sqlx::test]
+async fn a_batch_whose_insert_fails_falls_back_to_one_by_one(pool: PgPool) {
+    // A violation the checks before the insert cannot see (as when another writer creates a user
+    // between them and the insert): the database refuses one subject's row, whatever its username.
+    sqlx::query(
+        r#"CREATE FUNCTION refuse_user_2() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.identity_sub = 'user_2' THEN
+                   RAISE unique_violation USING CONSTRAINT = 'users_email_unique',
+                                                MESSAGE = 'duplicate key value violates unique constraint';
+               END IF;
+               RETURN NEW;
+           END $$"#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("CREATE TRIGGER refuse_user_2 BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION refuse_user_2()")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let batch = users(
+        (1..=5)
+            .map(|i| {
+                clerk_user(
+                    &format!("user_{i}"),
+                    &format!("u{i}@example.com"),
+                    T0,
+                    json!({}),
+                )
+            })
+            .collect(),
+    );
+    let report = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!(report.created, 4, "{report:?}");
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert_eq!(report.rejected[0].position, 2);
+    assert!(
+        report.rejected[0]
+            .reason
+            .contains("already used by another user"),
+        "{report:?}"
+    );
+    let subs: Vec<String> =
+        sqlx::query_scalar("SELECT identity_sub FROM users ORDER BY identity_sub")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(subs, ["user_1", "user_3", "user_4", "user_5"]);
+}
