@@ -30,10 +30,10 @@ db-down: ## Stop the local PostgreSQL (and the sandbox emulator the tests start)
 	@$(LOCAL_DB) down
 	@$(LOCAL_DB) sandbox-down
 
-db-url: ## Print the database URL on the last line (for psql "$$(make -s db-url)")
+db-url: ## Print the database URL alone on the last line (psql "`make -s db-url`")
 	@$(LOCAL_DB) url
 
-sqlx-cli: ## Install sqlx-cli $(SQLX_CLI_VERSION) unless that version is on PATH
+sqlx-cli: ## Install the pinned sqlx-cli (SQLX_CLI_VERSION) unless that version is on PATH
 	@if [ "$$(sqlx --version 2>/dev/null)" != "sqlx-cli $(SQLX_CLI_VERSION)" ]; then \
 	  echo "installing sqlx-cli $(SQLX_CLI_VERSION) (a few minutes)"; \
 	  $(CARGO) install sqlx-cli --version $(SQLX_CLI_VERSION) --no-default-features \
