@@ -90,21 +90,17 @@ impl Target {
     pub fn sandbox(var: impl Fn(&str) -> Option<String>) -> Result<Target, Failure> {
         let get = |name: &str| var(name).filter(|v| !v.is_empty());
         let required = ["PG_SANDBOX_HOST", "PG_SANDBOX_USER", "PG_SANDBOX_PASSWORD"];
-        let missing: Vec<&str> = required
-            .iter()
-            .copied()
-            .filter(|name| get(name).is_none())
-            .collect();
-        if !missing.is_empty() {
+        let [Some(host), Some(user), Some(password)] = required.map(get) else {
+            let missing: Vec<&str> = required
+                .iter()
+                .copied()
+                .filter(|name| get(name).is_none())
+                .collect();
             return Err(Failure::new(format!(
                 "missing required environment variable{}: {}",
                 if missing.len() > 1 { "s" } else { "" },
                 missing.join(", ")
             )));
-        }
-        let (host, user, password) = match required.map(get) {
-            [Some(h), Some(u), Some(p)] => (h, u, p),
-            _ => unreachable!("checked above"),
         };
         let port = match get("PG_SANDBOX_PORT") {
             None => 5432,
