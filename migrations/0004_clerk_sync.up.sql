@@ -1,6 +1,8 @@
 -- Identity-provider sync (Clerk webhooks and backfills), applied idempotently and in any order:
 --   * users.identity_updated_at: the provider's `updated_at` of the last profile applied (UTC). An event
---     no newer than it changes nothing.
+--     no newer than it changes no profile field.
+--   * users.identity_role_updated_at: the same for the role, which only events carrying a valid role
+--     set, so that an older event's valid role is not lost behind a newer event without one.
 --   * identity_tombstones: identities the provider deleted, so that a `created`/`updated` event arriving
 --     after the `deleted` one never brings the user back.
 -- Adoptable like the others; what it creates carries a comment marker for the down migration.
@@ -9,16 +11,19 @@ SET LOCAL lock_timeout = '5s';
 DO $migration$
 DECLARE
     marker constant text := 'livermore-db: added by migration 0004';
+    col text;
 BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM pg_attribute
-        WHERE attrelid = 'users'::regclass AND attname = 'identity_updated_at' AND NOT attisdropped
-    ) THEN
-        ALTER TABLE users ADD COLUMN identity_updated_at timestamp;
-        EXECUTE format('COMMENT ON COLUMN users.identity_updated_at IS %L', marker);
-    ELSE
-        RAISE NOTICE 'livermore-db 0004: column users.identity_updated_at already exists; adopted as it is';
-    END IF;
+    FOREACH col IN ARRAY ARRAY['identity_updated_at', 'identity_role_updated_at'] LOOP
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_attribute
+            WHERE attrelid = 'users'::regclass AND attname = col AND NOT attisdropped
+        ) THEN
+            EXECUTE format('ALTER TABLE users ADD COLUMN %I timestamp', col);
+            EXECUTE format('COMMENT ON COLUMN users.%I IS %L', col, marker);
+        ELSE
+            RAISE NOTICE 'livermore-db 0004: column users.% already exists; adopted as it is', col;
+        END IF;
+    END LOOP;
 
     IF to_regclass(format('%I.identity_tombstones', current_schema())) IS NULL THEN
         CREATE TABLE identity_tombstones (

@@ -6,6 +6,8 @@
 //!
 //! - A profile is applied only when its `updated_at` is newer than the one last applied
 //!   (`users.identity_updated_at`); a replay or an older event changes nothing ([`Outcome::Stale`]).
+//!   The role has a version of its own (`users.identity_role_updated_at`), set only by events that
+//!   carry a valid role, so an older event's valid role is not lost behind a newer event without one.
 //! - `user.deleted` deactivates the user (`is_active = false`), keeps the row and its identity, and
 //!   records a tombstone, so a `created`/`updated` event arriving later never brings the user back
 //!   (one that arrives first creates the user inactive).
@@ -355,20 +357,40 @@ async fn upsert_profile(
 ) -> Result<Option<(UserId, bool)>, sqlx::Error> {
     let row = sqlx::query!(
         r#"INSERT INTO users (username, email, identity_provider, identity_sub, display_name,
-                              identity_picture_url, role, last_login_at, identity_updated_at, is_active)
+                              identity_picture_url, role, last_login_at, identity_updated_at,
+                              identity_role_updated_at, is_active)
            VALUES ($1, $2, 'clerk', $3::varchar, $4, $5, coalesce($6, 'user'), $7, $8,
+                   CASE WHEN $6 IS NOT NULL THEN $8::timestamp END,
                    NOT EXISTS (SELECT 1 FROM identity_tombstones t
                                WHERE t.identity_provider = 'clerk' AND t.identity_sub = $3::varchar))
            ON CONFLICT (identity_provider, identity_sub) WHERE identity_provider IS NOT NULL
-           DO UPDATE SET email = EXCLUDED.email,
-                         display_name = EXCLUDED.display_name,
-                         identity_picture_url = EXCLUDED.identity_picture_url,
-                         role = coalesce($6, users.role),
-                         last_login_at = greatest(users.last_login_at, EXCLUDED.last_login_at),
-                         identity_updated_at = EXCLUDED.identity_updated_at,
-                         updated_at = now() AT TIME ZONE 'UTC'
+           DO UPDATE SET
+               -- The profile, when this event is newer than the profile stored.
+               email = CASE WHEN users.identity_updated_at IS NULL
+                              OR users.identity_updated_at < EXCLUDED.identity_updated_at
+                            THEN EXCLUDED.email ELSE users.email END,
+               display_name = CASE WHEN users.identity_updated_at IS NULL
+                                     OR users.identity_updated_at < EXCLUDED.identity_updated_at
+                                   THEN EXCLUDED.display_name ELSE users.display_name END,
+               identity_picture_url = CASE WHEN users.identity_updated_at IS NULL
+                                             OR users.identity_updated_at < EXCLUDED.identity_updated_at
+                                           THEN EXCLUDED.identity_picture_url
+                                           ELSE users.identity_picture_url END,
+               identity_updated_at = greatest(users.identity_updated_at, EXCLUDED.identity_updated_at),
+               -- The role, when this event carries a valid one newer than the role stored.
+               role = CASE WHEN EXCLUDED.identity_role_updated_at IS NOT NULL
+                             AND (users.identity_role_updated_at IS NULL
+                                  OR users.identity_role_updated_at < EXCLUDED.identity_role_updated_at)
+                           THEN EXCLUDED.role ELSE users.role END,
+               identity_role_updated_at = greatest(users.identity_role_updated_at,
+                                                   EXCLUDED.identity_role_updated_at),
+               last_login_at = greatest(users.last_login_at, EXCLUDED.last_login_at),
+               updated_at = now() AT TIME ZONE 'UTC'
            WHERE users.identity_updated_at IS NULL
               OR users.identity_updated_at < EXCLUDED.identity_updated_at
+              OR (EXCLUDED.identity_role_updated_at IS NOT NULL
+                  AND (users.identity_role_updated_at IS NULL
+                       OR users.identity_role_updated_at < EXCLUDED.identity_role_updated_at))
            RETURNING id AS "id: UserId", (xmax = 0) AS "created!""#,
         username,
         p.email.as_str(),
@@ -527,22 +549,26 @@ where
     let subjects: Vec<&str> = profiles.iter().map(|(_, p)| p.subject.as_str()).collect();
     // `= ANY` lets the planner probe the identity index once per subject.
     let known = sqlx::query!(
-        r#"SELECT identity_sub AS "sub!", identity_updated_at FROM users
+        r#"SELECT identity_sub AS "sub!", identity_updated_at, identity_role_updated_at FROM users
            WHERE identity_provider = 'clerk' AND identity_sub = ANY($1::varchar[])"#,
         &subjects as &[&str],
     )
     .fetch_all(&mut *tx)
     .await?;
-    let known: HashMap<String, Option<NaiveDateTime>> = known
+    let known: HashMap<String, (Option<NaiveDateTime>, Option<NaiveDateTime>)> = known
         .into_iter()
-        .map(|r| (r.sub, r.identity_updated_at))
+        .map(|r| (r.sub, (r.identity_updated_at, r.identity_role_updated_at)))
         .collect();
 
     let mut to_update = Vec::new();
     let mut to_insert = Vec::new();
     for (position, profile) in profiles {
+        let at = profile.updated_at.naive_utc();
+        let newer = |stored: &Option<NaiveDateTime>| stored.is_none_or(|s| s < at);
         match known.get(profile.subject.as_str()) {
-            Some(Some(stored)) if *stored >= profile.updated_at.naive_utc() => {
+            Some((profile_at, role_at))
+                if !newer(profile_at) && !(profile.valid_role().is_some() && newer(role_at)) =>
+            {
                 report.unchanged += 1
             }
             Some(_) => to_update.push((position, profile)),
@@ -635,19 +661,32 @@ async fn bulk_update(
     let mut savepoint = Connection::begin(&mut *conn).await?;
     let result = sqlx::query_scalar!(
         r#"UPDATE users u
-           SET email = i.email,
-               display_name = i.display_name,
-               identity_picture_url = i.picture_url,
-               role = coalesce(i.role, u.role),
+           SET email = CASE WHEN u.identity_updated_at IS NULL OR u.identity_updated_at < i.updated_at
+                            THEN i.email ELSE u.email END,
+               display_name = CASE WHEN u.identity_updated_at IS NULL OR u.identity_updated_at < i.updated_at
+                                   THEN i.display_name ELSE u.display_name END,
+               identity_picture_url = CASE WHEN u.identity_updated_at IS NULL
+                                             OR u.identity_updated_at < i.updated_at
+                                           THEN i.picture_url ELSE u.identity_picture_url END,
+               identity_updated_at = greatest(u.identity_updated_at, i.updated_at),
+               role = CASE WHEN i.role IS NOT NULL
+                             AND (u.identity_role_updated_at IS NULL OR u.identity_role_updated_at < i.updated_at)
+                           THEN i.role ELSE u.role END,
+               identity_role_updated_at = CASE WHEN i.role IS NOT NULL
+                                                 AND (u.identity_role_updated_at IS NULL
+                                                      OR u.identity_role_updated_at < i.updated_at)
+                                               THEN i.updated_at ELSE u.identity_role_updated_at END,
                last_login_at = greatest(u.last_login_at, i.last_login_at),
-               identity_updated_at = i.updated_at,
                updated_at = now() AT TIME ZONE 'UTC'
            FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::text[], $5::varchar[],
                        $6::timestamp[], $7::timestamp[])
                 AS i(sub, email, display_name, picture_url, role, last_login_at, updated_at)
            WHERE u.identity_provider = 'clerk' AND u.identity_sub = i.sub
-             AND (u.identity_updated_at IS NULL OR u.identity_updated_at < i.updated_at)
-             AND NOT EXISTS (SELECT 1 FROM users o WHERE o.email = i.email AND o.id <> u.id)
+             AND (u.identity_updated_at IS NULL OR u.identity_updated_at < i.updated_at
+                  OR (i.role IS NOT NULL
+                      AND (u.identity_role_updated_at IS NULL OR u.identity_role_updated_at < i.updated_at)))
+             AND (u.identity_updated_at >= i.updated_at
+                  OR NOT EXISTS (SELECT 1 FROM users o WHERE o.email = i.email AND o.id <> u.id))
            RETURNING u.identity_sub AS "sub!""#,
         &c.subject as &[&str],
         &c.email as &[&str],
@@ -734,9 +773,11 @@ async fn bulk_insert(
     let mut savepoint = Connection::begin(&mut *conn).await?;
     let result = sqlx::query!(
         r#"INSERT INTO users (username, email, identity_provider, identity_sub, display_name,
-                              identity_picture_url, role, last_login_at, identity_updated_at, is_active)
+                              identity_picture_url, role, last_login_at, identity_updated_at,
+                              identity_role_updated_at, is_active)
            SELECT i.username, i.email, 'clerk', i.sub, i.display_name, i.picture_url,
-                  coalesce(i.role, 'user'), i.last_login_at, i.updated_at, i.active
+                  coalesce(i.role, 'user'), i.last_login_at, i.updated_at,
+                  CASE WHEN i.role IS NOT NULL THEN i.updated_at END, i.active
            FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
                        $6::varchar[], $7::timestamp[], $8::timestamp[], $9::bool[])
                 AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at,

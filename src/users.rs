@@ -63,6 +63,8 @@ pub struct User {
     pub last_login_at: Option<DateTime<Utc>>,
     /// The provider's `updated_at` of the last synced profile (UTC); `None` when never synced.
     pub identity_updated_at: Option<DateTime<Utc>>,
+    /// The provider's `updated_at` of the last synced event that set the role (UTC).
+    pub identity_role_updated_at: Option<DateTime<Utc>>,
 }
 
 /// A `users` row as the database returns it: `timestamp` columns are naive, holding UTC.
@@ -80,6 +82,7 @@ struct UserRow {
     role: Role,
     last_login_at: Option<NaiveDateTime>,
     identity_updated_at: Option<NaiveDateTime>,
+    identity_role_updated_at: Option<NaiveDateTime>,
 }
 
 impl From<UserRow> for User {
@@ -98,6 +101,7 @@ impl From<UserRow> for User {
             role: r.role,
             last_login_at: r.last_login_at.map(|t| t.and_utc()),
             identity_updated_at: r.identity_updated_at.map(|t| t.and_utc()),
+            identity_role_updated_at: r.identity_role_updated_at.map(|t| t.and_utc()),
         }
     }
 }
@@ -135,7 +139,8 @@ pub async fn find_by_identity(
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at
+                  role AS "role: Role", last_login_at, identity_updated_at,
+                  identity_role_updated_at
            FROM users
            WHERE identity_provider = $1 AND identity_sub = $2"#,
         identity.provider.as_str(),
@@ -152,7 +157,8 @@ pub async fn find_by_id(executor: impl PgExecutor<'_>, id: UserId) -> Result<Opt
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at
+                  role AS "role: Role", last_login_at, identity_updated_at,
+                  identity_role_updated_at
            FROM users
            WHERE id = $1"#,
         id.0,
@@ -172,7 +178,8 @@ pub async fn find_by_email(
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at
+                  role AS "role: Role", last_login_at, identity_updated_at,
+                  identity_role_updated_at
            FROM users
            WHERE email = $1"#,
         email.as_str(),
@@ -390,7 +397,7 @@ async fn upsert_identity(
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
                      role AS "role: Role", last_login_at, identity_updated_at,
-                     (xmax = 0) AS "created!""#,
+                     identity_role_updated_at, (xmax = 0) AS "created!""#,
         username,
         profile.email.as_str(),
         profile.identity.provider.as_str(),
@@ -414,6 +421,7 @@ async fn upsert_identity(
         role: row.role,
         last_login_at: row.last_login_at,
         identity_updated_at: row.identity_updated_at,
+        identity_role_updated_at: row.identity_role_updated_at,
     });
     Ok(SignIn {
         user,
@@ -508,7 +516,8 @@ where
              AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at,
+                     identity_role_updated_at"#,
         id.0,
         identity.provider.as_str(),
         identity.subject.as_str(),
@@ -547,7 +556,8 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
            WHERE id = $1
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at,
+                     identity_role_updated_at"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -568,7 +578,8 @@ pub async fn set_role(
            WHERE id = $1
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at,
+                     identity_role_updated_at"#,
         id.0,
         role as Role,
     )
@@ -587,7 +598,8 @@ pub async fn deactivate(executor: impl PgExecutor<'_>, id: UserId) -> Result<Use
            WHERE id = $1
            RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
                      identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at"#,
+                     role AS "role: Role", last_login_at, identity_updated_at,
+                     identity_role_updated_at"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -625,7 +637,8 @@ pub async fn list_by_role(
         UserRow,
         r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
                   identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at
+                  role AS "role: Role", last_login_at, identity_updated_at,
+                  identity_role_updated_at
            FROM users
            WHERE role = $1 AND id > $2
            ORDER BY id

@@ -57,7 +57,8 @@ async fn row_of(conn: &mut PgConnection, sub: &str) -> Option<String> {
     .unwrap()
 }
 
-/// created, updated (new email, role, sign-in), updated (new name), deleted: in order of time.
+/// created, updated (new email, role, sign-in), updated (new name, an invalid role), deleted: in
+/// order of time.
 fn lifecycle(sub: &str) -> Vec<ClerkEvent> {
     vec![
         event(
@@ -81,7 +82,9 @@ fn lifecycle(sub: &str) -> Vec<ClerkEvent> {
                 sub,
                 "ada@newmail.example",
                 T0 + 2000,
-                json!({"first_name": "Augusta Ada", "public_metadata": {"role": "subscriber_pro"}, "last_sign_in_at": T0 + 900}),
+                // The newest profile carries a role that is not one: the older valid role must stand,
+                // whichever arrives first.
+                json!({"first_name": "Augusta Ada", "public_metadata": {"role": "superuser"}, "last_sign_in_at": T0 + 900}),
             ),
             T0 + 2000,
         ),
@@ -540,6 +543,32 @@ async fn a_batch_updates_stored_users_like_single_events_do(pool: PgPool) {
         .unwrap();
     assert_eq!(two.email, "two@new.example");
     assert!(!two.is_active, "a backfill does not undo a deletion");
+
+    // The role has its own version: a newer record without a valid role keeps it; an older record
+    // with a valid role newer than the stored role's sets it, and nothing else.
+    let newer_without_role = users(vec![clerk_user(
+        "user_1",
+        "one@newer.example",
+        T0 + 20,
+        json!({"public_metadata": {"role": "superuser"}}),
+    )]);
+    apply_batch(&pool, &newer_without_role).await.unwrap();
+    let older_with_role = users(vec![clerk_user(
+        "user_1",
+        "one@older.example",
+        T0 + 15,
+        json!({"public_metadata": {"role": "subscriber_basic"}}),
+    )]);
+    let report = apply_batch(&pool, &older_with_role).await.unwrap();
+    assert_eq!(report.updated, 1, "{report:?}");
+    let one = find_by_identity(&pool, &Identity::parse("clerk", "user_1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (one.email.as_str(), one.role),
+        ("one@newer.example", Role::SubscriberBasic)
+    );
 
     let stale = apply_batch(&pool, &first).await.unwrap();
     assert_eq!(

@@ -111,6 +111,7 @@ pub fn expected_users_shape() -> UsersShape {
             column("last_login_at", "timestamp without time zone", None, None, true),
             // Migration 0004: the provider's updated_at of the last synced profile.
             column("identity_updated_at", "timestamp without time zone", None, None, true),
+            column("identity_role_updated_at", "timestamp without time zone", None, None, true),
         ],
         constraints: vec![
             constraint("users_email_unique", "u", "UNIQUE (email)"),
@@ -149,7 +150,9 @@ pub fn expected_users_shape() -> UsersShape {
 /// defaults on `created_at` and `updated_at`.
 pub fn expected_users_shape_before_0003() -> UsersShape {
     let mut shape = expected_users_shape();
-    shape.columns.retain(|c| c.name != "identity_updated_at");
+    shape
+        .columns
+        .retain(|c| c.name != "identity_updated_at" && c.name != "identity_role_updated_at");
     for c in &mut shape.columns {
         if c.name == "created_at" || c.name == "updated_at" {
             c.default = Some("now()".into());
@@ -183,7 +186,7 @@ pub async fn rows_of<'c>(conn: impl PgExecutor<'c>, table: &'static str) -> Stri
     let sql = match table {
         // Without the sync bookkeeping column of 0004, which the old schemas never had.
         "users" => {
-            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at')::text, E'\\n' ORDER BY id), '')
+            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at' - 'identity_role_updated_at')::text, E'\\n' ORDER BY id), '')
              FROM users t"
         }
         "watchlists" => {
