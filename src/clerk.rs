@@ -565,12 +565,12 @@ where
     for (position, profile) in profiles {
         let at = profile.updated_at.naive_utc();
         let newer = |stored: &Option<NaiveDateTime>| stored.is_none_or(|s| s < at);
+        // Something to apply: a newer profile, or a valid role newer than the stored role.
+        let applies = |(profile_at, role_at): &(Option<NaiveDateTime>, Option<NaiveDateTime>)| {
+            newer(profile_at) || (profile.valid_role().is_some() && newer(role_at))
+        };
         match known.get(profile.subject.as_str()) {
-            Some((profile_at, role_at))
-                if !newer(profile_at) && !(profile.valid_role().is_some() && newer(role_at)) =>
-            {
-                report.unchanged += 1
-            }
+            Some(stored) if !applies(stored) => report.unchanged += 1,
             Some(_) => to_update.push((position, profile)),
             None => to_insert.push((position, profile)),
         }
