@@ -18,7 +18,7 @@ ifeq ($(filter $(ENV),$(VALID_ENVS)),)
 $(error unknown ENV '$(ENV)'; valid: $(VALID_ENVS))
 endif
 
-.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk db-migrated prepare test lint fmt example bench
+.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test lint fmt example bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -63,18 +63,27 @@ import-clerk: ## Backfill Clerk users from FILE=users.json (a JSON array or JSON
 	@test -n "$(FILE)" || { echo "usage: make import-clerk FILE=users.json [ENV=local|sandbox]" >&2; exit 1; }
 	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) import-clerk "$(FILE)"
 
-# The local database migrated with sqlx-cli, which needs no build of ours (for regenerating the cache).
-db-migrated: sqlx-cli
-	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
-	sqlx database create; \
-	sqlx migrate run --source migrations >/dev/null
+# A database migrated anew from migrations/ with sqlx-cli (no build of ours needed): on the local cluster a
+# scratch database $(1), dropped first, so that a stale local database never decides what passes; with
+# DATABASE_URL set, that database as it is (never dropped).
+define FRESH_DB
+if [ -n "$${DATABASE_URL:-}" ]; then \
+  url="$$DATABASE_URL"; \
+else \
+  url="$$(LOCAL_PG_DATABASE=$(1) $(LOCAL_DB) up)"; \
+  DATABASE_URL="$$url" sqlx database drop -y -f >/dev/null; \
+fi; \
+export DATABASE_URL="$$url"; \
+sqlx database create; \
+sqlx migrate run --source migrations >/dev/null;
+endef
 
-prepare: db-migrated ## Regenerate the offline query cache in .sqlx/ (commit it)
-	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+prepare: sqlx-cli ## Regenerate the offline query cache in .sqlx/ (commit it)
+	@$(call FRESH_DB,livermore_prepare) \
 	$(CARGO) sqlx prepare -- --all-targets
 
-test: db-migrated ## Everything CI checks: tests (offline build), cache check, clippy, rustfmt
-	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+test: sqlx-cli ## Everything CI checks: tests (offline build), cache check, clippy, rustfmt
+	@$(call FRESH_DB,livermore_test) \
 	echo "== cargo test (SQLX_OFFLINE=true: the committed .sqlx/ cache)"; \
 	SQLX_OFFLINE=true $(CARGO) test --all-targets; \
 	SQLX_OFFLINE=true $(CARGO) test --doc; \
@@ -86,7 +95,7 @@ example: migrate ## Run examples/sign_in.rs against the database: sign in twice,
 	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
 	SQLX_OFFLINE=true $(CARGO) run --quiet --example sign_in
 
-bench: db-migrated ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
+bench: ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
 	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
 	SQLX_OFFLINE=true $(CARGO) bench --bench iam
 

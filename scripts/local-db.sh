@@ -82,7 +82,8 @@ choose_server_user() {
 
 as_server() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u "$server_user" -- "$@"
+    # From / : the server user may not be allowed into the caller's folder (every path here is absolute).
+    (cd / && runuser -u "$server_user" -- "$@")
   else
     "$@"
   fi
