@@ -439,10 +439,10 @@ async fn apply_deletion(
     })
 }
 
-/// A record a backfill could not apply.
+/// Something a backfill says about one record: why it was rejected, or why its role was kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    /// The record's position in the input (1-based: the caller's numbering).
+pub struct RecordNote {
+    /// The record's position in the input (the caller's numbering).
     pub position: usize,
     /// Why.
     pub reason: String,
@@ -458,9 +458,9 @@ pub struct BackfillReport {
     /// Users already as new or newer (including a record repeated in the input).
     pub unchanged: usize,
     /// Records not applied, with the reason.
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<RecordNote>,
     /// Records applied with their stored role kept, and why.
-    pub role_notes: Vec<Rejected>,
+    pub role_notes: Vec<RecordNote>,
 }
 
 impl BackfillReport {
@@ -513,7 +513,7 @@ where
         let profile = match user.to_profile() {
             Ok(p) => p,
             Err(e) => {
-                report.rejected.push(Rejected {
+                report.rejected.push(RecordNote {
                     position: *position,
                     reason: e.to_string(),
                 });
@@ -521,7 +521,7 @@ where
             }
         };
         if let Some(note) = profile.role_note() {
-            report.role_notes.push(Rejected {
+            report.role_notes.push(RecordNote {
                 position: *position,
                 reason: note,
             });
@@ -599,7 +599,7 @@ where
         match apply_user(&mut *tx, &profile).await {
             Ok(applied) => report.count(&applied.outcome),
             Err(e @ (Error::EmailTaken { .. } | Error::UsernameExhausted { .. })) => {
-                report.rejected.push(Rejected {
+                report.rejected.push(RecordNote {
                     position,
                     reason: e.to_string(),
                 });

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use livermore_db::clerk::{BackfillReport, ClerkUser, Rejected, apply_batch};
+use livermore_db::clerk::{BackfillReport, ClerkUser, RecordNote, apply_batch};
 
 use crate::target::{Failure, Target, describe};
 
@@ -84,7 +84,7 @@ pub async fn import_clerk(
     for (position, record) in records {
         match record {
             Ok(user) => valid.push((position, user)),
-            Err(reason) => report.rejected.push(Rejected { position, reason }),
+            Err(reason) => report.rejected.push(RecordNote { position, reason }),
         }
     }
 
