@@ -546,6 +546,12 @@ where
     outcome
 }
 
+/// The user an `UPDATE … WHERE id = $1 RETURNING …` wrote, or [`Error::UserNotFound`].
+fn found(row: Option<UserRow>, id: UserId) -> Result<User, Error> {
+    row.map(User::from)
+        .ok_or(Error::UserNotFound { user_id: id.0 })
+}
+
 /// Records a login now (`last_login_at`, UTC) and returns the user; [`Error::UserNotFound`] when there
 /// is no such user.
 pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<User, Error> {
@@ -562,8 +568,7 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
     )
     .fetch_optional(executor)
     .await?;
-    row.map(User::from)
-        .ok_or(Error::UserNotFound { user_id: id.0 })
+    found(row, id)
 }
 
 /// Sets a user's role and returns the user; [`Error::UserNotFound`] when there is no such user.
@@ -585,8 +590,7 @@ pub async fn set_role(
     )
     .fetch_optional(executor)
     .await?;
-    row.map(User::from)
-        .ok_or(Error::UserNotFound { user_id: id.0 })
+    found(row, id)
 }
 
 /// Deactivates a user (`is_active = false`), keeping the row and its identity, and returns the user;
@@ -604,8 +608,7 @@ pub async fn deactivate(executor: impl PgExecutor<'_>, id: UserId) -> Result<Use
     )
     .fetch_optional(executor)
     .await?;
-    row.map(User::from)
-        .ok_or(Error::UserNotFound { user_id: id.0 })
+    found(row, id)
 }
 
 /// Lists the users with a role, by id, a page at a time: at most `limit` users with an id greater than

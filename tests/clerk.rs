@@ -92,6 +92,14 @@ fn lifecycle(sub: &str) -> Vec<ClerkEvent> {
     ]
 }
 
+/// The stored user of a Clerk identity, which must exist.
+async fn stored(pool: &PgPool, sub: &str) -> livermore_db::User {
+    find_by_identity(pool, &Identity::parse("clerk", sub).unwrap())
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no user for {sub}"))
+}
+
 fn permutations(n: usize) -> Vec<Vec<usize>> {
     if n == 0 {
         return vec![vec![]];
@@ -210,10 +218,7 @@ async fn a_deleted_user_never_comes_back(pool: PgPool) {
         matches!(late, Outcome::Updated(_)),
         "a newer profile still applies: {late:?}"
     );
-    let user = find_by_identity(&pool, &Identity::parse("clerk", "user_a").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let user = stored(&pool, "user_a").await;
     assert!(!user.is_active, "but the user stays deactivated");
     assert_eq!(
         apply_event(&pool, &events[3]).await.unwrap().outcome,
@@ -228,10 +233,7 @@ async fn a_deleted_user_never_comes_back(pool: PgPool) {
     );
     let created = apply_event(&pool, &events[0]).await.unwrap().outcome;
     assert!(matches!(created, Outcome::Created(_)), "{created:?}");
-    let user = find_by_identity(&pool, &Identity::parse("clerk", "user_b").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let user = stored(&pool, "user_b").await;
     assert!(!user.is_active);
     assert_eq!(user.email, "ada@example.com", "the row is there, inactive");
 }
@@ -250,15 +252,7 @@ async fn roles_come_from_metadata_only_when_valid(pool: PgPool) {
     );
     let applied = apply_event(&pool, &admin).await.unwrap();
     assert_eq!(applied.role_note, None);
-    let identity = Identity::parse("clerk", "user_r").unwrap();
-    assert_eq!(
-        find_by_identity(&pool, &identity)
-            .await
-            .unwrap()
-            .unwrap()
-            .role,
-        Role::Admin
-    );
+    assert_eq!(stored(&pool, "user_r").await.role, Role::Admin);
 
     for (t, role) in [(1, json!("superuser")), (2, json!(42)), (3, json!("Admin"))] {
         let bad = event(
@@ -280,15 +274,7 @@ async fn roles_come_from_metadata_only_when_valid(pool: PgPool) {
             .role_note
             .expect("the outcome says why the role was kept");
         assert!(note.contains("role"), "{note}");
-        assert_eq!(
-            find_by_identity(&pool, &identity)
-                .await
-                .unwrap()
-                .unwrap()
-                .role,
-            Role::Admin,
-            "kept"
-        );
+        assert_eq!(stored(&pool, "user_r").await.role, Role::Admin, "kept");
     }
     // No role at all: kept too, and nothing to say.
     let none = event(
@@ -298,14 +284,7 @@ async fn roles_come_from_metadata_only_when_valid(pool: PgPool) {
     );
     let applied = apply_event(&pool, &none).await.unwrap();
     assert_eq!(applied.role_note, None);
-    assert_eq!(
-        find_by_identity(&pool, &identity)
-            .await
-            .unwrap()
-            .unwrap()
-            .role,
-        Role::Admin
-    );
+    assert_eq!(stored(&pool, "user_r").await.role, Role::Admin);
 
     // A new user with an invalid role gets the default.
     let new = event(
@@ -319,11 +298,7 @@ async fn roles_come_from_metadata_only_when_valid(pool: PgPool) {
         T0,
     );
     assert!(apply_event(&pool, &new).await.unwrap().role_note.is_some());
-    let s = Identity::parse("clerk", "user_s").unwrap();
-    assert_eq!(
-        find_by_identity(&pool, &s).await.unwrap().unwrap().role,
-        Role::User
-    );
+    assert_eq!(stored(&pool, "user_s").await.role, Role::User);
 }
 
 #[sqlx::test]
@@ -382,10 +357,7 @@ async fn names_and_sign_ins_map_onto_the_columns(pool: PgPool) {
         T0,
     );
     apply_event(&pool, &e).await.unwrap();
-    let u = find_by_identity(&pool, &Identity::parse("clerk", "user_u").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let u = stored(&pool, "user_u").await;
     let name = u.display_name.unwrap();
     assert_eq!(name.chars().count(), 100);
     assert!(long_first.starts_with(&name), "cut at a character boundary");
@@ -408,10 +380,7 @@ async fn names_and_sign_ins_map_onto_the_columns(pool: PgPool) {
         T0 + 1,
     );
     apply_event(&pool, &e).await.unwrap();
-    let u = find_by_identity(&pool, &Identity::parse("clerk", "user_u").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let u = stored(&pool, "user_u").await;
     assert_eq!(u.display_name.as_deref(), Some("u_name"));
     assert_eq!(
         u.last_login_at.unwrap().timestamp_millis(),
@@ -479,18 +448,12 @@ async fn a_batch_applies_the_valid_records_and_rejects_the_others(pool: PgPool) 
     assert_eq!(report.role_notes[0].position, 5);
     assert_eq!(report.total(), batch.len());
 
-    let one = find_by_identity(&pool, &Identity::parse("clerk", "user_1").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let one = stored(&pool, "user_1").await;
     assert_eq!(
         one.email, "one@example.com",
         "the newer of the two records for user_1"
     );
-    let six = find_by_identity(&pool, &Identity::parse("clerk", "user_6").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let six = stored(&pool, "user_6").await;
     assert_eq!(
         (one.username.as_str(), six.username.as_str()),
         ("one", "one_2")
@@ -529,18 +492,12 @@ async fn a_batch_updates_stored_users_like_single_events_do(pool: PgPool) {
         (1, 2, 0),
         "{report:?}"
     );
-    let one = find_by_identity(&pool, &Identity::parse("clerk", "user_1").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let one = stored(&pool, "user_1").await;
     assert_eq!(
         (one.email.as_str(), one.role),
         ("one@new.example", Role::Admin)
     );
-    let two = find_by_identity(&pool, &Identity::parse("clerk", "user_2").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let two = stored(&pool, "user_2").await;
     assert_eq!(two.email, "two@new.example");
     assert!(!two.is_active, "a backfill does not undo a deletion");
 
@@ -561,10 +518,7 @@ async fn a_batch_updates_stored_users_like_single_events_do(pool: PgPool) {
     )]);
     let report = apply_batch(&pool, &older_with_role).await.unwrap();
     assert_eq!(report.updated, 1, "{report:?}");
-    let one = find_by_identity(&pool, &Identity::parse("clerk", "user_1").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let one = stored(&pool, "user_1").await;
     assert_eq!(
         (one.email.as_str(), one.role),
         ("one@newer.example", Role::SubscriberBasic)
