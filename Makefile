@@ -1,24 +1,35 @@
 # livermore-db: `make help` lists the targets.
 #
-# With DATABASE_URL unset, every target that needs a database uses a project-local PostgreSQL cluster
-# (scripts/local-db.sh) that it initialises and starts as needed. With DATABASE_URL set, that database
-# is used instead and nothing local is started.
+# The crate's database variable is LIVERMORE_DATABASE_URL (sqlx.toml's `database-url-var`: its query
+# macros and sqlx-cli read it, never DATABASE_URL). With it unset, every target that needs a database
+# uses a project-local PostgreSQL cluster (scripts/local-db.sh) that it initialises and starts as
+# needed. With it set, that database is used instead and nothing local is started.
+#
+# User-given values (FILE, ENV, LIVERMORE_DATABASE_URL, …) reach commands through the environment, as
+# data: no recipe pastes them into shell code.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
 SQLX_CLI_VERSION := 0.9.0
+# sqlx-cli built with `sqlx-toml` (so that it reads sqlx.toml's variable), in a folder of its own: a
+# sqlx-cli 0.9.0 built without that feature elsewhere on PATH is never used by mistake.
+SQLX_ROOT ?= $(HOME)/.cache/livermore-db/sqlx-cli-$(SQLX_CLI_VERSION)-sqlx-toml
+export PATH := $(SQLX_ROOT)/bin:$(PATH)
 ENV ?= local
 VALID_ENVS := local sandbox
 LOCAL_DB := scripts/local-db.sh
 CARGO ?= cargo
 
 ifeq ($(filter $(ENV),$(VALID_ENVS)),)
-$(error unknown ENV '$(ENV)'; valid: $(VALID_ENVS))
+$(error unknown ENV; valid: $(VALID_ENVS))
 endif
+export LIVERMORE_ENV := $(ENV)
+export LIVERMORE_IMPORT_FILE := $(FILE)
 
-.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test lint fmt example bench
+.PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
+  test-consumer test-package lint doc fmt example bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -33,74 +44,116 @@ db-down: ## Stop the local PostgreSQL (and the sandbox emulator the tests start)
 db-url: ## Print the database URL alone on the last line (psql "`make -s db-url`")
 	@$(LOCAL_DB) url
 
-sqlx-cli: ## Install the pinned sqlx-cli (SQLX_CLI_VERSION) unless that version is on PATH
-	@if [ "$$(sqlx --version 2>/dev/null)" != "sqlx-cli $(SQLX_CLI_VERSION)" ]; then \
-	  echo "installing sqlx-cli $(SQLX_CLI_VERSION) (a few minutes)"; \
+sqlx-cli: ## Install the pinned sqlx-cli (with sqlx-toml) into SQLX_ROOT unless it is there
+	@if [ "$$("$(SQLX_ROOT)/bin/sqlx" --version 2>/dev/null)" != "sqlx-cli $(SQLX_CLI_VERSION)" ]; then \
+	  echo "installing sqlx-cli $(SQLX_CLI_VERSION) into $(SQLX_ROOT) (a few minutes)"; \
 	  $(CARGO) install sqlx-cli --version $(SQLX_CLI_VERSION) --no-default-features \
-	    --features postgres,rustls --locked --quiet; \
+	    --features postgres,rustls,sqlx-toml --locked --quiet --root "$(SQLX_ROOT)"; \
 	fi
 
-# The operator command (src/bin/livermore-db), built against the committed offline cache. For ENV=local
-# it gets DATABASE_URL (the project-local database unless you set one); for ENV=sandbox it reads the
-# PG_SANDBOX_* variables from the environment itself: no password passes through a command line.
-LIVERMORE_DB = SQLX_OFFLINE=true $(CARGO) run --quiet --bin livermore-db --
+# The operator command (src/bin/livermore-db, feature `cli`), built against the committed offline
+# cache. For ENV=local it gets LIVERMORE_DATABASE_URL (the project-local database unless you set one);
+# for ENV=sandbox it reads the PG_SANDBOX_* variables from the environment itself: no password passes
+# through a command line.
+LIVERMORE_DB = SQLX_OFFLINE=true $(CARGO) run --quiet --features cli --bin livermore-db --
 ifeq ($(ENV),local)
-WITH_DB = export DATABASE_URL="$$($(LOCAL_DB) up)";
+WITH_DB = url=$$($(LOCAL_DB) up); export LIVERMORE_DATABASE_URL="$$url";
 else
 WITH_DB =
 endif
 
 migrate: ## Create the database if missing, apply pending migrations (ENV=local|sandbox, DRY_RUN=1)
-	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) migrate $(if $(DRY_RUN),--dry-run)
+	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" migrate $(if $(DRY_RUN),--dry-run)
 
 migrate-status: ## List applied, pending and mismatched migrations (ENV=local|sandbox)
-	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) status
+	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" status
 
 drift: ## Compare the live schema with the migrations; exit 1 on a difference (ENV=local|sandbox)
-	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) drift
+	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" drift
 
 import-clerk: ## Backfill Clerk users from FILE=users.json (a JSON array or JSON lines; ENV=local|sandbox)
-	@test -n "$(FILE)" || { echo "usage: make import-clerk FILE=users.json [ENV=local|sandbox]" >&2; exit 1; }
-	@$(WITH_DB) $(LIVERMORE_DB) --env $(ENV) import-clerk "$(FILE)"
+	@[ -n "$$LIVERMORE_IMPORT_FILE" ] || { echo "usage: make import-clerk FILE=users.json [ENV=local|sandbox]" >&2; exit 1; }
+	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" import-clerk -- "$$LIVERMORE_IMPORT_FILE"
 
 # A database migrated anew from migrations/ with sqlx-cli (no build of ours needed): on the local cluster a
 # scratch database $(1), dropped first, so that a stale local database never decides what passes; with
-# DATABASE_URL set, that database as it is (never dropped).
+# LIVERMORE_DATABASE_URL set, that database as it is (never dropped).
 define FRESH_DB
-if [ -n "$${DATABASE_URL:-}" ]; then \
-  url="$$DATABASE_URL"; \
+if [ -n "$${LIVERMORE_DATABASE_URL:-}" ]; then \
+  url="$$LIVERMORE_DATABASE_URL"; \
 else \
-  url="$$(LOCAL_PG_DATABASE=$(1) $(LOCAL_DB) up)"; \
-  DATABASE_URL="$$url" sqlx database drop -y -f >/dev/null; \
+  url=$$(LOCAL_PG_DATABASE=$(1) $(LOCAL_DB) up); \
+  LIVERMORE_DATABASE_URL="$$url" sqlx database drop -y -f >/dev/null; \
 fi; \
-export DATABASE_URL="$$url"; \
+export LIVERMORE_DATABASE_URL="$$url"; \
 sqlx database create; \
 sqlx migrate run --source migrations >/dev/null;
 endef
 
 prepare: sqlx-cli ## Regenerate the offline query cache in .sqlx/ (commit it)
 	@$(call FRESH_DB,livermore_prepare) \
-	$(CARGO) sqlx prepare -- --all-targets
+	$(CARGO) sqlx prepare -- --all-targets --all-features
 
-test: sqlx-cli ## Everything CI checks: tests (offline build), cache check, clippy, rustfmt
+# `#[sqlx::test]` reads DATABASE_URL at run time (sqlx.toml does not change that): the tests get the
+# crate's database there; the macros still compile from the cache (SQLX_OFFLINE=true).
+test: sqlx-cli ## Everything CI checks: tests, consumer build, packaging, cache check, docs, lint
 	@$(call FRESH_DB,livermore_test) \
 	echo "== cargo test (SQLX_OFFLINE=true: the committed .sqlx/ cache)"; \
-	SQLX_OFFLINE=true $(CARGO) test --all-targets; \
-	SQLX_OFFLINE=true $(CARGO) test --doc; \
+	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --all-targets --all-features; \
+	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --doc --all-features; \
 	echo "== cargo sqlx prepare --check"; \
-	$(CARGO) sqlx prepare --check -- --all-targets; \
-	$(MAKE) --no-print-directory lint
+	$(CARGO) sqlx prepare --check -- --all-targets --all-features
+	@$(MAKE) --no-print-directory test-consumer test-package doc lint
+
+# A service crate outside the package (tests/consumer) that depends on livermore-db by path. It is built
+# twice with livermore-db recompiled each time: with no database variable at all, and with DATABASE_URL
+# on a closed port plus a .env naming another database (its own tables' variable, as any sqlx service
+# has). Both must build from the committed cache. Then it runs against a scratch database.
+CONSUMER_TARGET := $(CURDIR)/target/consumer
+test-consumer: ## Build tests/consumer with hostile DATABASE_URL settings and run it
+	@echo "== consumer: build with no database variable"
+	@cd tests/consumer && export CARGO_TARGET_DIR="$(CONSUMER_TARGET)" && \
+	env -u DATABASE_URL -u LIVERMORE_DATABASE_URL -u SQLX_OFFLINE $(CARGO) clean --quiet -p livermore-db && \
+	env -u DATABASE_URL -u LIVERMORE_DATABASE_URL -u SQLX_OFFLINE $(CARGO) build --quiet
+	@echo "== consumer: build with DATABASE_URL on a closed port and a .env naming another database"
+	@cd tests/consumer && export CARGO_TARGET_DIR="$(CONSUMER_TARGET)" && \
+	trap 'rm -f .env' EXIT && \
+	printf 'DATABASE_URL=postgres://service@127.0.0.1:9/service_db\nSQLX_OFFLINE=false\n' >.env && \
+	env -u LIVERMORE_DATABASE_URL DATABASE_URL=postgres://service@127.0.0.1:9/closed $(CARGO) clean --quiet -p livermore-db && \
+	env -u LIVERMORE_DATABASE_URL DATABASE_URL=postgres://service@127.0.0.1:9/closed SQLX_OFFLINE=false $(CARGO) build --quiet
+	@echo "== consumer: what a service compiles (cargo tree -e normal)"
+	@cd tests/consumer && tree=$$(CARGO_TARGET_DIR="$(CONSUMER_TARGET)" $(CARGO) tree -e normal --prefix none) && \
+	if grep -E '^(indicatif|console|clap|clap_builder) ' <<<"$$tree"; then \
+	  echo "error: a service compiles operator-only crates (above)" >&2; exit 1; fi
+	@echo "== consumer: run against a scratch database"
+	@url=$$(LOCAL_PG_DATABASE=livermore_consumer $(LOCAL_DB) up) && \
+	LIVERMORE_DATABASE_URL="$$url" sqlx database drop -y -f >/dev/null && \
+	LIVERMORE_DATABASE_URL="$$url" sqlx database create && \
+	cd tests/consumer && DATABASE_URL="$$url" CARGO_TARGET_DIR="$(CONSUMER_TARGET)" $(CARGO) run --quiet
+
+test-package: ## The packaged crate holds migrations/, .sqlx/ and sqlx.toml
+	@echo "== cargo package --list"
+	@list=$$($(CARGO) package --list --allow-dirty) && \
+	for need in sqlx.toml migrations/0001_users_baseline.up.sql build.rs; do \
+	  grep -qxF "$$need" <<<"$$list" || { echo "error: the package lacks $$need" >&2; exit 1; }; done && \
+	for q in .sqlx/*.json; do \
+	  grep -qxF "$$q" <<<"$$list" || { echo "error: the package lacks $$q" >&2; exit 1; }; done
+
+doc: ## cargo doc with warnings as errors
+	@echo "== cargo doc"
+	@RUSTDOCFLAGS="-D warnings" SQLX_OFFLINE=true $(CARGO) doc --no-deps --all-features --quiet
 
 example: migrate ## Run examples/sign_in.rs against the database: sign in twice, log in, set a role
-	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) run --quiet --example sign_in
 
 bench: ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
-	@export DATABASE_URL="$$($(LOCAL_DB) up)"; \
+	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) bench --bench iam
 
-lint: ## clippy with -D warnings and rustfmt --check, built offline with no DATABASE_URL
-	env -u DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --all-targets -- -D warnings
+lint: ## clippy with -D warnings and rustfmt --check, built offline with no database variable
+	env -u DATABASE_URL -u LIVERMORE_DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --all-targets --all-features -- -D warnings
+	env -u DATABASE_URL -u LIVERMORE_DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --lib -- -D warnings
 	$(CARGO) fmt --check
 
 fmt: ## Format the code

@@ -8,7 +8,7 @@
 #   scripts/local-db.sh sandbox-up    start the emulated sandbox (below); print KEY=VALUE lines on stdout
 #   scripts/local-db.sh sandbox-down  stop it
 #
-# With DATABASE_URL set, `up` and `url` print that URL and touch nothing: the caller's database is used.
+# With LIVERMORE_DATABASE_URL set, `up` and `url` print that URL and touch nothing: the caller's database is used.
 # Progress goes to stderr, so `url=$(scripts/local-db.sh up)` captures the URL alone.
 #
 # Layout: <dir>/data (PGDATA), <dir>/socket (the unix socket), <dir>/postgres.log, where <dir> is
@@ -200,8 +200,8 @@ case "$cmd" in
 esac
 case "$cmd" in
   up)
-    if [ -n "${DATABASE_URL:-}" ]; then
-      printf '%s\n' "$DATABASE_URL"
+    if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then
+      printf '%s\n' "$LIVERMORE_DATABASE_URL"
       exit 0
     fi
     ensure_pg_bin
@@ -225,7 +225,7 @@ case "$cmd" in
     stop_cluster
     ;;
   url)
-    if [ -n "${DATABASE_URL:-}" ]; then printf '%s\n' "$DATABASE_URL"; else local_url; fi
+    if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then printf '%s\n' "$LIVERMORE_DATABASE_URL"; else local_url; fi
     ;;
   status)
     pg_bin=$(find_pg_bin) || die "no PostgreSQL binaries under /usr/lib/postgresql"

@@ -278,14 +278,28 @@ fn bad_payload(e: serde_json::Error) -> Error {
 }
 
 /// Applies one webhook event; see the [module docs](self) for the rules.
-pub async fn apply_event<'c, A>(conn: A, event: &ClerkEvent) -> Result<Applied, Error>
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the `Send` bound in the signature lets callers spawn it (an `async fn` generic over `Acquire` is not provably `Send`)"
+)]
+pub fn apply_event<'a, 'c, A>(
+    conn: A,
+    event: &'a ClerkEvent,
+) -> impl Future<Output = Result<Applied, Error>> + Send + 'a
 where
-    A: Acquire<'c, Database = Postgres>,
+    A: Acquire<'c, Database = Postgres> + Send + 'a,
 {
+    async move {
+        let mut conn = conn.acquire().await?;
+        apply_event_on(&mut conn, event).await
+    }
+}
+
+async fn apply_event_on(conn: &mut PgConnection, event: &ClerkEvent) -> Result<Applied, Error> {
     match event.event_type.as_str() {
         "user.created" | "user.updated" => {
             let user = ClerkUser::deserialize(&event.data).map_err(bad_payload)?;
-            apply_user(conn, &user.to_profile()?).await
+            apply_user_on(conn, &user.to_profile()?).await
         }
         "user.deleted" => {
             let deleted = ClerkDeleted::deserialize(&event.data).map_err(bad_payload)?;
@@ -293,8 +307,7 @@ where
                 Some(ms) => millis("timestamp", ms)?,
                 None => Utc::now(),
             };
-            let mut conn = conn.acquire().await?;
-            let outcome = apply_deletion(&mut conn, &Subject::parse(&deleted.id)?, at).await?;
+            let outcome = apply_deletion(conn, &Subject::parse(&deleted.id)?, at).await?;
             Ok(Applied {
                 outcome,
                 role_note: None,
@@ -310,11 +323,24 @@ where
 /// Applies a Clerk user's profile (a `user.created`/`user.updated` event, or one backfilled user):
 /// creates the user, updates it when the profile is newer than the one stored, or changes nothing.
 /// An email address held by another user is [`Error::EmailTaken`].
-pub async fn apply_user<'c, A>(conn: A, profile: &ClerkProfile) -> Result<Applied, Error>
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the `Send` bound in the signature lets callers spawn it (an `async fn` generic over `Acquire` is not provably `Send`)"
+)]
+pub fn apply_user<'a, 'c, A>(
+    conn: A,
+    profile: &'a ClerkProfile,
+) -> impl Future<Output = Result<Applied, Error>> + Send + 'a
 where
-    A: Acquire<'c, Database = Postgres>,
+    A: Acquire<'c, Database = Postgres> + Send + 'a,
 {
-    let mut conn = conn.acquire().await?;
+    async move {
+        let mut conn = conn.acquire().await?;
+        apply_user_on(&mut conn, profile).await
+    }
+}
+
+async fn apply_user_on(conn: &mut PgConnection, profile: &ClerkProfile) -> Result<Applied, Error> {
     let mut retries = UsernameRetries::new(&profile.email);
     let applied = loop {
         let result = attempt!(&mut *conn, |c| upsert_profile(
@@ -325,7 +351,7 @@ where
         .await);
         match result {
             Ok(applied) => break applied,
-            Err(e) => retries.after(&mut conn, e).await?,
+            Err(e) => retries.after(conn, e).await?,
         }
     };
     let outcome = match applied {
@@ -333,7 +359,7 @@ where
         Some((id, false)) => Outcome::Updated(id),
         None => {
             let id = sqlx::query_scalar!(
-                r#"SELECT id AS "id: UserId" FROM users
+                r#"SELECT id FROM users
                    WHERE identity_provider = 'clerk' AND identity_sub = $1"#,
                 profile.subject.as_str()
             )
@@ -391,7 +417,7 @@ async fn upsert_profile(
               OR (EXCLUDED.identity_role_updated_at IS NOT NULL
                   AND (users.identity_role_updated_at IS NULL
                        OR users.identity_role_updated_at < EXCLUDED.identity_role_updated_at))
-           RETURNING id AS "id: UserId", (xmax = 0) AS "created!""#,
+           RETURNING id, (xmax = 0) AS "created!""#,
         username,
         p.email.as_str(),
         p.subject.as_str(),
@@ -496,14 +522,27 @@ pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 /// Records that fail validation are rejected with the reason; a record whose email belongs to another
 /// user is rejected as [`Error::EmailTaken`] would say; neither stops the others. Records that the bulk
 /// statements cannot place (a username or email collision) are applied one by one.
-pub async fn apply_batch<'c, A>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the `Send` bound in the signature lets callers spawn it (an `async fn` generic over `Acquire` is not provably `Send`)"
+)]
+pub fn apply_batch<'a, 'c, A>(
     conn: A,
-    batch: &[(usize, ClerkUser)],
-) -> Result<BackfillReport, Error>
+    batch: &'a [(usize, ClerkUser)],
+) -> impl Future<Output = Result<BackfillReport, Error>> + Send + 'a
 where
-    A: Acquire<'c, Database = Postgres>,
+    A: Acquire<'c, Database = Postgres> + Send + 'a,
 {
-    let mut conn = conn.acquire().await?;
+    async move {
+        let mut conn = conn.acquire().await?;
+        apply_batch_on(&mut conn, batch).await
+    }
+}
+
+async fn apply_batch_on(
+    conn: &mut PgConnection,
+    batch: &[(usize, ClerkUser)],
+) -> Result<BackfillReport, Error> {
     let mut report = BackfillReport::default();
 
     // Validate, and keep the newest record per subject (the others change nothing, as they would
@@ -596,7 +635,7 @@ where
 
     // One by one, each in a savepoint: what the bulk statements left (collisions, races).
     for (position, profile) in leftovers {
-        match apply_user(&mut *tx, &profile).await {
+        match apply_user_on(&mut tx, &profile).await {
             Ok(applied) => report.count(&applied.outcome),
             Err(e @ (Error::EmailTaken { .. } | Error::UsernameExhausted { .. })) => {
                 report.rejected.push(RecordNote {

@@ -18,11 +18,16 @@
 //! ```no_run
 //! # async fn start() -> Result<(), livermore_db::Error> {
 //! let pool = sqlx::PgPool::connect("postgres://livermore@127.0.0.1:54329/livermore").await?;
-//! livermore_db::MIGRATOR.run(&pool).await?;
+//! livermore_db::migrate(&pool).await?;
 //! # Ok(())
 //! # }
 //! ```
 #![warn(missing_docs)]
+
+// `sqlx.toml` maps `users.id` and `users.role` to `::livermore_db::UserId` and `::livermore_db::Role`
+// in every checked query; this makes that path resolve inside the crate too (tests, benches and
+// examples are other crates, where it resolves anyway).
+extern crate self as livermore_db;
 
 pub mod clerk;
 mod error;
@@ -63,10 +68,47 @@ pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
 
 /// The crate's migrations (`migrations/` in the repository), embedded at compile time.
 ///
-/// Run it with [`Migrator::run`](sqlx::migrate::Migrator::run) at service start-up, or use
+/// At service start-up prefer [`migrate`], which runs them on a connection of its own. Or use
 /// `make migrate` from the repository. The migrations adopt a database whose schema was created by the
 /// older TypeScript tooling: they change no row there and are recorded as applied.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Applies the pending [`MIGRATOR`] migrations on a connection of its own, opened with the pool's
+/// connect options and closed afterwards, whether they succeed or fail.
+///
+/// Safe when several replicas of a service start at once. sqlx's migrator serializes them with a
+/// session advisory lock, which it releases only on success: after a failure (a migration's
+/// `lock_timeout` on a busy table, say) the lock would stay on a pooled connection, and every other
+/// replica's migrator would wait on it, with no timeout, until that connection is retired. Here the
+/// failed connection is closed, so the server releases the lock and the next replica goes on at once.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn start() -> Result<(), livermore_db::Error> {
+/// let pool = livermore_db::pool_options()
+///     .max_connections(8)
+///     .connect("postgres://livermore@127.0.0.1:54329/livermore")
+///     .await?;
+/// livermore_db::migrate(&pool).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
+    use sqlx::Connection;
+
+    let options = pool.connect_options();
+    let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+    // Not `MIGRATOR.run(&mut conn)`: it is generic over `Acquire`, and the compiler cannot prove such a
+    // future `Send` ("implementation of `Acquire` is not general enough"), so a service could not
+    // spawn this function. `run_direct` is what `run` calls after acquiring; sqlx keeps it public for
+    // this very error.
+    let result = MIGRATOR.run_direct(None, &mut conn, false).await;
+    // Closing ends the session, and with it any advisory lock a failed run left behind. Should the
+    // polite close fail (a broken socket), dropping the connection still ends the session.
+    let _ = conn.close().await;
+    Ok(result?)
+}
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -137,11 +137,7 @@ pub async fn find_by_identity(
 ) -> Result<Option<User>, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                  identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at,
-                  identity_role_updated_at
-           FROM users
+        r#"SELECT * FROM users
            WHERE identity_provider = $1 AND identity_sub = $2"#,
         identity.provider.as_str(),
         identity.subject.as_str(),
@@ -155,11 +151,7 @@ pub async fn find_by_identity(
 pub async fn find_by_id(executor: impl PgExecutor<'_>, id: UserId) -> Result<Option<User>, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                  identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at,
-                  identity_role_updated_at
-           FROM users
+        r#"SELECT * FROM users
            WHERE id = $1"#,
         id.0,
     )
@@ -176,11 +168,7 @@ pub async fn find_by_email(
 ) -> Result<Option<User>, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                  identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at,
-                  identity_role_updated_at
-           FROM users
+        r#"SELECT * FROM users
            WHERE email = $1"#,
         email.as_str(),
     )
@@ -274,11 +262,24 @@ fn unique_violation(e: &sqlx::Error) -> Option<&str> {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn sign_in<'c, A>(conn: A, profile: &Profile) -> Result<SignIn, Error>
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the `Send` bound in the signature lets callers spawn it (an `async fn` generic over `Acquire` is not provably `Send`)"
+)]
+pub fn sign_in<'a, 'c, A>(
+    conn: A,
+    profile: &'a Profile,
+) -> impl Future<Output = Result<SignIn, Error>> + Send + 'a
 where
-    A: Acquire<'c, Database = Postgres>,
+    A: Acquire<'c, Database = Postgres> + Send + 'a,
 {
-    let mut conn = conn.acquire().await?;
+    async move {
+        let mut conn = conn.acquire().await?;
+        sign_in_on(&mut conn, profile).await
+    }
+}
+
+async fn sign_in_on(conn: &mut PgConnection, profile: &Profile) -> Result<SignIn, Error> {
     let mut retries = UsernameRetries::new(&profile.email);
     loop {
         let result = attempt!(&mut *conn, |c| upsert_identity(
@@ -289,7 +290,7 @@ where
         .await);
         match result {
             Ok(done) => return Ok(done),
-            Err(e) => retries.after(&mut conn, e).await?,
+            Err(e) => retries.after(conn, e).await?,
         }
     }
 }
@@ -394,10 +395,9 @@ async fn upsert_identity(
                          display_name = EXCLUDED.display_name,
                          identity_picture_url = EXCLUDED.identity_picture_url,
                          updated_at = now() AT TIME ZONE 'UTC'
-           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                     identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at,
-                     identity_role_updated_at, (xmax = 0) AS "created!""#,
+           RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
+                     identity_sub, display_name, identity_picture_url, role, last_login_at,
+                     identity_updated_at, identity_role_updated_at, (xmax = 0) AS "created!""#,
         username,
         profile.email.as_str(),
         profile.identity.provider.as_str(),
@@ -502,11 +502,29 @@ pub(crate) async fn free_usernames(
 /// [`Error::AlreadyLinked`] when this user holds a different identity (never replaced silently), and
 /// with [`Error::UserNotFound`]. Linking a user to the identity it already holds changes nothing but
 /// `updated_at`. Given a transaction, it runs in a savepoint, so an error leaves it usable.
-pub async fn link_identity<'c, A>(conn: A, id: UserId, identity: &Identity) -> Result<User, Error>
+#[expect(
+    clippy::manual_async_fn,
+    reason = "the `Send` bound in the signature lets callers spawn it (an `async fn` generic over `Acquire` is not provably `Send`)"
+)]
+pub fn link_identity<'a, 'c, A>(
+    conn: A,
+    id: UserId,
+    identity: &'a Identity,
+) -> impl Future<Output = Result<User, Error>> + Send + 'a
 where
-    A: Acquire<'c, Database = Postgres>,
+    A: Acquire<'c, Database = Postgres> + Send + 'a,
 {
-    let mut conn = conn.acquire().await?;
+    async move {
+        let mut conn = conn.acquire().await?;
+        link_identity_on(&mut conn, id, identity).await
+    }
+}
+
+async fn link_identity_on(
+    conn: &mut PgConnection,
+    id: UserId,
+    identity: &Identity,
+) -> Result<User, Error> {
     let mut tx = Connection::begin(&mut *conn).await?;
     let updated = sqlx::query_as!(
         UserRow,
@@ -514,10 +532,7 @@ where
            SET identity_provider = $2, identity_sub = $3, updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
              AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
-           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                     identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at,
-                     identity_role_updated_at"#,
+           RETURNING *"#,
         id.0,
         identity.provider.as_str(),
         identity.subject.as_str(),
@@ -560,10 +575,7 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
         r#"UPDATE users
            SET last_login_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
-           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                     identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at,
-                     identity_role_updated_at"#,
+           RETURNING *"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -581,10 +593,7 @@ pub async fn set_role(
         UserRow,
         r#"UPDATE users SET role = $2, updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
-           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                     identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at,
-                     identity_role_updated_at"#,
+           RETURNING *"#,
         id.0,
         role as Role,
     )
@@ -600,10 +609,7 @@ pub async fn deactivate(executor: impl PgExecutor<'_>, id: UserId) -> Result<Use
         UserRow,
         r#"UPDATE users SET is_active = false, updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
-           RETURNING id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                     identity_provider, identity_sub, display_name, identity_picture_url,
-                     role AS "role: Role", last_login_at, identity_updated_at,
-                     identity_role_updated_at"#,
+           RETURNING *"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -638,11 +644,7 @@ pub async fn list_by_role(
 ) -> Result<Vec<User>, Error> {
     let rows = sqlx::query_as!(
         UserRow,
-        r#"SELECT id AS "id: UserId", username, email, is_active, created_at, updated_at,
-                  identity_provider, identity_sub, display_name, identity_picture_url,
-                  role AS "role: Role", last_login_at, identity_updated_at,
-                  identity_role_updated_at
-           FROM users
+        r#"SELECT * FROM users
            WHERE role = $1 AND id > $2
            ORDER BY id
            LIMIT $3"#,

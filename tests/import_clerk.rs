@@ -23,7 +23,7 @@ fn import(pool: &PgPool, contents: &str, extra: &[&str]) -> (i32, String, String
         .arg("import-clerk")
         .arg(&file.0)
         .args(extra)
-        .env("DATABASE_URL", url_of(pool))
+        .env("LIVERMORE_DATABASE_URL", url_of(pool))
         .output()
         .expect("run livermore-db");
     let _ = std::fs::remove_file(&file.0);

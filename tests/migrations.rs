@@ -251,3 +251,72 @@ async fn downs_refuse_to_destroy_data(pool: PgPool) {
     assert!(err.to_string().contains("holds 1 rows"), "{err}");
     assert_eq!(pre_iam_rows(&pool).await.lines().count(), 1);
 }
+
+/// A single-connection pool of its own on the test's database: a service replica.
+async fn replica(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .expect("a replica's pool")
+}
+
+/// Starts a transaction on its own connection that holds `users`, so that 0002's `ALTER TABLE` waits
+/// and fails on its `lock_timeout`.
+async fn hold_users(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failed_start_up_migration_does_not_block_the_next_replica(pool: PgPool) {
+    MIGRATOR.run_to(1, &pool).await.expect("the baseline only");
+    let (a, b) = (replica(&pool).await, replica(&pool).await);
+    let holder = hold_users(&pool).await;
+
+    // Both replicas migrate at once; each fails on the held table within its lock_timeout, and the
+    // second is not left waiting on the first one's advisory lock.
+    let started = std::time::Instant::now();
+    let (ra, rb) = tokio::time::timeout(std::time::Duration::from_secs(40), async {
+        tokio::join!(livermore_db::migrate(&a), livermore_db::migrate(&b))
+    })
+    .await
+    .expect("the second replica's migrate must not wait for ever");
+    assert!(ra.is_err() && rb.is_err(), "{ra:?} {rb:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    holder.rollback().await.unwrap();
+    livermore_db::migrate(&b)
+        .await
+        .expect("a replica migrates once the table is free");
+    assert_eq!(applied_versions(&pool).await, all_versions());
+    a.close().await;
+    b.close().await;
+}
+
+/// The failure `migrate` avoids, shown with sqlx's own `Migrator::run` on the pools: after the first
+/// replica's failure its pooled connection keeps the advisory lock, and the second replica waits.
+#[sqlx::test(migrations = false)]
+async fn migrator_run_on_a_pool_leaves_the_lock_behind(pool: PgPool) {
+    MIGRATOR.run_to(1, &pool).await.expect("the baseline only");
+    let (a, b) = (replica(&pool).await, replica(&pool).await);
+    let holder = hold_users(&pool).await;
+    MIGRATOR.run(&a).await.expect_err("0002 waits for users");
+    holder.rollback().await.unwrap();
+
+    let second = tokio::time::timeout(std::time::Duration::from_secs(8), MIGRATOR.run(&b)).await;
+    assert!(
+        second.is_err(),
+        "the second replica waits on the lock left on the first one's connection: {second:?}"
+    );
+    a.close().await;
+    b.close().await;
+}

@@ -1,14 +1,15 @@
 //! `Role` through the real `users.role` column (varchar(20)) and back, in every `query!` form.
-use livermore_db::Role;
+use livermore_db::{Role, UserId};
 use sqlx::PgPool;
 
+/// sqlx.toml's table overrides type `users.id` as `UserId` and `users.role` as `Role` in every query.
 #[derive(Debug)]
 struct UserRole {
-    id: i32,
+    id: UserId,
     role: Role,
 }
 
-async fn insert_with_role(pool: &PgPool, name: &str, role: Role) -> i32 {
+async fn insert_with_role(pool: &PgPool, name: &str, role: Role) -> UserId {
     sqlx::query_scalar!(
         "INSERT INTO users (username, email, role) VALUES ($1, $2, $3) RETURNING id",
         name,
@@ -25,38 +26,45 @@ async fn every_role_round_trips_through_the_column(pool: PgPool) {
     for role in Role::all() {
         let id = insert_with_role(&pool, role.as_str(), role).await;
 
-        let stored = sqlx::query_scalar!("SELECT role FROM users WHERE id = $1", id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let stored = sqlx::query_scalar!(
+            r#"SELECT role AS "role: String" FROM users WHERE id = $1"#,
+            id.0
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert_eq!(
             stored,
             role.as_str(),
             "the column holds the snake_case spelling"
         );
 
-        let via_query = sqlx::query!(
-            r#"SELECT role AS "role: Role" FROM users WHERE id = $1"#,
-            id
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let via_query = sqlx::query!("SELECT role FROM users WHERE id = $1", id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(via_query.role, role);
 
-        let via_query_as = sqlx::query_as!(
-            UserRole,
-            r#"SELECT id, role AS "role: Role" FROM users WHERE id = $1"#,
-            id
+        // A per-query override, as services write it (the crate's README and `Role`'s docs show it).
+        let via_override = sqlx::query_scalar!(
+            r#"SELECT role AS "role: Role" FROM users WHERE id = $1"#,
+            id.0
         )
         .fetch_one(&pool)
         .await
         .unwrap();
+        assert_eq!(via_override, role);
+
+        let via_query_as =
+            sqlx::query_as!(UserRole, "SELECT id, role FROM users WHERE id = $1", id.0)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!((via_query_as.id, via_query_as.role), (id, role));
 
         let from_text = sqlx::query_scalar!(
             r#"SELECT role::text AS "role!: Role" FROM users WHERE id = $1"#,
-            id
+            id.0
         )
         .fetch_one(&pool)
         .await
@@ -88,7 +96,7 @@ async fn every_role_round_trips_through_the_column(pool: PgPool) {
 #[sqlx::test]
 async fn the_default_role_is_user(pool: PgPool) {
     let role = sqlx::query_scalar!(
-        r#"INSERT INTO users (username, email) VALUES ('d', 'd@example.test') RETURNING role AS "role: Role""#
+        "INSERT INTO users (username, email) VALUES ('d', 'd@example.test') RETURNING role"
     )
     .fetch_one(&pool)
     .await
@@ -123,13 +131,9 @@ async fn an_unknown_role_in_the_database_is_a_decode_error(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    let row = sqlx::query_as!(
-        UserRole,
-        r#"SELECT id, role AS "role: Role" FROM users WHERE id = $1"#,
-        id
-    )
-    .fetch_one(&pool)
-    .await;
+    let row = sqlx::query_as!(UserRole, "SELECT id, role FROM users WHERE id = $1", id.0)
+        .fetch_one(&pool)
+        .await;
     assert!(
         matches!(row, Err(sqlx::Error::ColumnDecode { .. })),
         "{row:?}"

@@ -26,7 +26,7 @@ commands:
               (default 10000); prints a summary; exit 1 when any record was rejected
 
 environments:
-  local       DATABASE_URL (make sets it to the project-local database)
+  local       LIVERMORE_DATABASE_URL (make sets it to the project-local database)
   sandbox     PG_SANDBOX_HOST, PG_SANDBOX_USER, PG_SANDBOX_PASSWORD (required); PG_SANDBOX_PORT (5432),
               PG_SANDBOX_DATABASE (livermore), PG_SANDBOX_SSLMODE (require | verify-ca | verify-full),
               PG_SANDBOX_SSLROOTCERT (a CA file for verify-*); always over TLS";
@@ -45,8 +45,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut file = None;
     let mut dry_run = false;
     let mut batch_size = livermore_db::clerk::DEFAULT_BATCH_SIZE;
+    let mut positional_only = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            // After `--`, a FILE may start with `-`.
+            "--" if !positional_only => positional_only = true,
+            s if positional_only
+                && command.as_deref() == Some("import-clerk")
+                && file.is_none() =>
+            {
+                file = Some(s.to_owned())
+            }
+            s if positional_only => return Err(format!("unexpected argument {s}")),
             "--env" => env = args.next().ok_or("--env needs a value")?,
             "--dry-run" => dry_run = true,
             "--batch-size" => {

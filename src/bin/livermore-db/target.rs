@@ -62,16 +62,16 @@ impl Target {
         }
     }
 
-    /// `DATABASE_URL`, which `make` sets to the project-local database unless you set it.
+    /// `LIVERMORE_DATABASE_URL`, which `make` sets to the project-local database unless you set it.
     fn local() -> Result<Target, Failure> {
-        let url = std::env::var("DATABASE_URL")
+        let url = std::env::var("LIVERMORE_DATABASE_URL")
             .ok()
             .filter(|u| !u.is_empty())
             .ok_or_else(|| {
-                Failure::new("DATABASE_URL is not set (make migrate sets it to the local database)")
+                Failure::new("LIVERMORE_DATABASE_URL is not set (make migrate sets it to the local database)")
             })?;
         let options = PgConnectOptions::from_str(&url)
-            .map_err(|_| Failure::new("DATABASE_URL is not a valid postgres:// URL"))?;
+            .map_err(|_| Failure::new("LIVERMORE_DATABASE_URL is not a valid postgres:// URL"))?;
         let password = url_password(&url);
         let database = options
             .get_database()
