@@ -337,11 +337,12 @@ async fn main() {
             let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
             for (_, u) in &users {
                 let p = u.to_profile().unwrap();
+                let email = p.email.expect("bench users have an address");
                 writeln!(
                     f,
                     "{},{},clerk,{},{},{},user,{},{},true",
-                    livermore_db::username_from_email(&p.email),
-                    p.email,
+                    livermore_db::username_from_email(&email),
+                    email,
                     p.subject,
                     p.display_name.as_ref().map(|d| d.as_str()).unwrap_or(""),
                     p.picture_url.as_ref().map(|u| u.as_str()).unwrap_or(""),

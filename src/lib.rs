@@ -39,7 +39,7 @@ pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
 pub use role::Role;
 pub use users::{
-    SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
+    RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
     find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
     username_from_email,
 };

@@ -63,8 +63,26 @@ pub struct User {
     pub last_login_at: Option<DateTime<Utc>>,
     /// The provider's `updated_at` of the last synced profile (UTC); `None` when never synced.
     pub identity_updated_at: Option<DateTime<Utc>>,
-    /// The provider's `updated_at` of the last synced event that set the role (UTC).
+    /// The role's version (UTC): the provider's `updated_at` of the Clerk event that set it, or the
+    /// database's clock when [`set_role`] set it.
     pub identity_role_updated_at: Option<DateTime<Utc>>,
+    /// Who set the role last (see the [Clerk rules](crate::clerk)).
+    pub role_source: RoleSource,
+    /// The address a user deleted at Clerk held, released for a new sign-up (`email` then holds a
+    /// `deleted+…@deleted.invalid` placeholder); `None` otherwise.
+    pub released_email: Option<String>,
+}
+
+/// Who set a user's role last (`users.role_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "varchar", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RoleSource {
+    /// [`set_role`], or the default: a Clerk event without a role keeps it.
+    #[default]
+    Manual,
+    /// A Clerk event: a newer Clerk event without a valid role revokes it to `user`.
+    Clerk,
 }
 
 /// A `users` row as the database returns it: `timestamp` columns are naive, holding UTC.
@@ -83,6 +101,8 @@ struct UserRow {
     last_login_at: Option<NaiveDateTime>,
     identity_updated_at: Option<NaiveDateTime>,
     identity_role_updated_at: Option<NaiveDateTime>,
+    role_source: RoleSource,
+    released_email: Option<String>,
 }
 
 impl From<UserRow> for User {
@@ -102,6 +122,8 @@ impl From<UserRow> for User {
             last_login_at: r.last_login_at.map(|t| t.and_utc()),
             identity_updated_at: r.identity_updated_at.map(|t| t.and_utc()),
             identity_role_updated_at: r.identity_role_updated_at.map(|t| t.and_utc()),
+            role_source: r.role_source,
+            released_email: r.released_email,
         }
     }
 }
@@ -223,6 +245,30 @@ fn unique_violation(e: &sqlx::Error) -> Option<&str> {
     }
 }
 
+/// Runs one attempt of a statement that may fail on a constraint: in a savepoint when the connection
+/// is in a transaction (so a failure leaves the caller's transaction usable), directly otherwise.
+macro_rules! attempt {
+    ($conn:expr, |$c:ident| $body:expr) => {{
+        let conn: &mut PgConnection = $conn;
+        if conn.is_in_transaction() {
+            let mut savepoint = Connection::begin(&mut *conn).await?;
+            let result = {
+                let $c: &mut PgConnection = &mut savepoint;
+                $body
+            };
+            if result.is_ok() {
+                savepoint.commit().await?;
+            } else {
+                savepoint.rollback().await?;
+            }
+            result
+        } else {
+            let $c = conn;
+            $body
+        }
+    }};
+}
+
 /// Signs a user in from a provider profile: creates the user holding that identity, or updates the
 /// profile fields (email, display name, picture) of the user already holding it, in one atomic
 /// `INSERT … ON CONFLICT … DO UPDATE`, and returns the stored user.
@@ -294,31 +340,6 @@ async fn sign_in_on(conn: &mut PgConnection, profile: &Profile) -> Result<SignIn
         }
     }
 }
-
-/// Runs one attempt of a statement that may fail on a constraint: in a savepoint when the connection
-/// is in a transaction (so a failure leaves the caller's transaction usable), directly otherwise.
-macro_rules! attempt {
-    ($conn:expr, |$c:ident| $body:expr) => {{
-        let conn: &mut PgConnection = $conn;
-        if conn.is_in_transaction() {
-            let mut savepoint = Connection::begin(&mut *conn).await?;
-            let result = {
-                let $c: &mut PgConnection = &mut savepoint;
-                $body
-            };
-            if result.is_ok() {
-                savepoint.commit().await?;
-            } else {
-                savepoint.rollback().await?;
-            }
-            result
-        } else {
-            let $c = conn;
-            $body
-        }
-    }};
-}
-pub(crate) use attempt;
 
 /// The username candidates for a new user and what to do after each failed insert: the email's
 /// [`username_from_email`], then `base_N` for the first free N, then random suffixes, at most
@@ -397,7 +418,8 @@ async fn upsert_identity(
                          updated_at = now() AT TIME ZONE 'UTC'
            RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
                      identity_sub, display_name, identity_picture_url, role, last_login_at,
-                     identity_updated_at, identity_role_updated_at, (xmax = 0) AS "created!""#,
+                     identity_updated_at, identity_role_updated_at, role_source, released_email,
+                     (xmax = 0) AS "created!""#,
         username,
         profile.email.as_str(),
         profile.identity.provider.as_str(),
@@ -422,6 +444,8 @@ async fn upsert_identity(
         last_login_at: row.last_login_at,
         identity_updated_at: row.identity_updated_at,
         identity_role_updated_at: row.identity_role_updated_at,
+        role_source: row.role_source,
+        released_email: row.released_email,
     });
     Ok(SignIn {
         user,
@@ -583,7 +607,12 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
     found(row, id)
 }
 
-/// Sets a user's role and returns the user; [`Error::UserNotFound`] when there is no such user.
+/// Sets a user's role by hand and returns the user; [`Error::UserNotFound`] when there is no such
+/// user.
+///
+/// The role is recorded as set by hand, versioned with the database's clock: a later Clerk event
+/// without a valid role keeps it, and only a Clerk event newer than this change with a valid role
+/// replaces it (see the [Clerk rules](crate::clerk)).
 pub async fn set_role(
     executor: impl PgExecutor<'_>,
     id: UserId,
@@ -591,7 +620,10 @@ pub async fn set_role(
 ) -> Result<User, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"UPDATE users SET role = $2, updated_at = now() AT TIME ZONE 'UTC'
+        r#"UPDATE users
+           SET role = $2, role_source = 'manual',
+               identity_role_updated_at = now() AT TIME ZONE 'UTC',
+               updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
            RETURNING *"#,
         id.0,

@@ -1,7 +1,7 @@
 //! Clerk sync against a real PostgreSQL: replays, every delivery order, stale and deleted events, roles,
 //! bad records, and bulk backfills.
 use livermore_db::clerk::*;
-use livermore_db::{Error, Identity, Role, find_by_identity};
+use livermore_db::{Error, Identity, Role, RoleSource, find_by_identity, set_role};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 
@@ -82,8 +82,8 @@ fn lifecycle(sub: &str) -> Vec<ClerkEvent> {
                 sub,
                 "ada@newmail.example",
                 T0 + 2000,
-                // The newest profile carries a role that is not one: the older valid role must stand,
-                // whichever arrives first.
+                // The newest profile carries a role that is not one: the role Clerk granted is
+                // revoked, whichever arrives first.
                 json!({"first_name": "Augusta Ada", "public_metadata": {"role": "superuser"}, "last_sign_in_at": T0 + 900}),
             ),
             T0 + 2000,
@@ -134,9 +134,16 @@ async fn every_delivery_order_and_any_replay_ends_in_the_same_row(pool: PgPool) 
     let in_order = row_of(&mut tx, "user_perm").await.expect("a row");
     tx.rollback().await.unwrap();
     let expected: Value = serde_json::from_str(&in_order).unwrap();
-    assert_eq!(expected["email"], "ada@newmail.example");
+    assert_eq!(expected["released_email"], "ada@newmail.example");
+    assert!(
+        expected["email"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("@deleted.invalid")),
+        "{expected}"
+    );
     assert_eq!(expected["display_name"], "Augusta Ada Lovelace");
-    assert_eq!(expected["role"], "subscriber_pro");
+    assert_eq!(expected["role"], "user");
+    assert_eq!(expected["role_source"], "clerk");
     assert_eq!(expected["is_active"], false);
     assert_eq!(expected["identity_sub"], "user_perm");
 
@@ -235,7 +242,12 @@ async fn a_deleted_user_never_comes_back(pool: PgPool) {
     assert!(matches!(created, Outcome::Created(_)), "{created:?}");
     let user = stored(&pool, "user_b").await;
     assert!(!user.is_active);
-    assert_eq!(user.email, "ada@example.com", "the row is there, inactive");
+    assert_eq!(
+        user.released_email.as_deref(),
+        Some("ada@example.com"),
+        "the row is there, inactive, its address released"
+    );
+    assert!(user.email.ends_with("@deleted.invalid"), "{}", user.email);
 }
 
 #[sqlx::test]
@@ -254,37 +266,62 @@ async fn roles_come_from_metadata_only_when_valid(pool: PgPool) {
     assert_eq!(applied.role_note, None);
     assert_eq!(stored(&pool, "user_r").await.role, Role::Admin);
 
-    for (t, role) in [(1, json!("superuser")), (2, json!(42)), (3, json!("Admin"))] {
-        let bad = event(
+    // Granted by Clerk, revoked by Clerk: a newer event with an invalid role, a non-string, a wrong
+    // case, `null` or no role at all leaves the user at `user`.
+    let mut t = 0;
+    for role in [
+        json!("superuser"),
+        json!(42),
+        json!("Admin"),
+        Value::Null,
+        json!("absent"),
+    ] {
+        let regrant = event(
             "user.updated",
             clerk_user(
                 "user_r",
                 "r@example.com",
-                T0 + t,
-                json!({"public_metadata": {"role": role}}),
+                T0 + t + 1,
+                json!({"public_metadata": {"role": "admin"}}),
             ),
-            T0 + t,
+            T0 + t + 1,
         );
-        let applied = apply_event(&pool, &bad).await.unwrap();
+        apply_event(&pool, &regrant).await.unwrap();
+        assert_eq!(stored(&pool, "user_r").await.role, Role::Admin);
+        let metadata = if role == json!("absent") {
+            json!({})
+        } else {
+            json!({ "role": role })
+        };
+        let revoke = event(
+            "user.updated",
+            clerk_user(
+                "user_r",
+                "r@example.com",
+                T0 + t + 2,
+                json!({ "public_metadata": metadata }),
+            ),
+            T0 + t + 2,
+        );
+        let applied = apply_event(&pool, &revoke).await.unwrap();
         assert!(
             matches!(applied.outcome, Outcome::Updated(_)),
             "{applied:?}"
         );
-        let note = applied
-            .role_note
-            .expect("the outcome says why the role was kept");
-        assert!(note.contains("role"), "{note}");
-        assert_eq!(stored(&pool, "user_r").await.role, Role::Admin, "kept");
+        let invalid = !(role.is_null() || role == json!("absent"));
+        assert_eq!(
+            applied.role_note.is_some(),
+            invalid,
+            "only an invalid role says why: {role} {applied:?}"
+        );
+        let user = stored(&pool, "user_r").await;
+        assert_eq!(
+            (user.role, user.role_source),
+            (Role::User, RoleSource::Clerk),
+            "{role}"
+        );
+        t += 10;
     }
-    // No role at all: kept too, and nothing to say.
-    let none = event(
-        "user.updated",
-        clerk_user("user_r", "r@example.com", T0 + 9, json!({})),
-        T0 + 9,
-    );
-    let applied = apply_event(&pool, &none).await.unwrap();
-    assert_eq!(applied.role_note, None);
-    assert_eq!(stored(&pool, "user_r").await.role, Role::Admin);
 
     // A new user with an invalid role gets the default.
     let new = event(
@@ -302,7 +339,7 @@ async fn roles_come_from_metadata_only_when_valid(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn an_event_without_email_is_a_typed_error(pool: PgPool) {
+async fn a_new_user_without_an_address_is_not_created_and_bad_payloads_are_typed(pool: PgPool) {
     let no_email = event(
         "user.created",
         clerk_user(
@@ -313,10 +350,9 @@ async fn an_event_without_email_is_a_typed_error(pool: PgPool) {
         ),
         T0,
     );
-    let err = apply_event(&pool, &no_email).await.unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidInput { field: "email", .. }),
-        "{err:?}"
+    assert_eq!(
+        apply_event(&pool, &no_email).await.unwrap().outcome,
+        Outcome::NoVerifiedEmail
     );
     let malformed = event("user.updated", json!({"id": "user_x"}), T0);
     let err = apply_event(&pool, &malformed).await.unwrap_err();
@@ -436,10 +472,11 @@ async fn a_batch_applies_the_valid_records_and_rejects_the_others(pool: PgPool) 
         "{report:?}"
     );
     let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
-    assert_eq!(rejected, [2, 3, 4, 7], "{report:?}");
-    assert!(report.rejected[0].reason.contains("no email"), "{report:?}");
+    assert_eq!(rejected, [3, 4, 7], "{report:?}");
+    let not_created: Vec<usize> = report.not_created.iter().map(|r| r.position).collect();
+    assert_eq!(not_created, [2], "{report:?}");
     assert!(
-        report.rejected[1]
+        report.rejected[0]
             .reason
             .contains("already used by another user"),
         "{report:?}"
@@ -498,11 +535,11 @@ async fn a_batch_updates_stored_users_like_single_events_do(pool: PgPool) {
         ("one@new.example", Role::Admin)
     );
     let two = stored(&pool, "user_2").await;
-    assert_eq!(two.email, "two@new.example");
+    assert_eq!(two.released_email.as_deref(), Some("two@new.example"));
     assert!(!two.is_active, "a backfill does not undo a deletion");
 
-    // The role has its own version: a newer record without a valid role keeps it; an older record
-    // with a valid role newer than the stored role's sets it, and nothing else.
+    // The role has its own version: a newer record without a valid role revokes the role Clerk
+    // granted; an older record with a valid role, arriving later, changes nothing.
     let newer_without_role = users(vec![clerk_user(
         "user_1",
         "one@newer.example",
@@ -517,11 +554,11 @@ async fn a_batch_updates_stored_users_like_single_events_do(pool: PgPool) {
         json!({"public_metadata": {"role": "subscriber_basic"}}),
     )]);
     let report = apply_batch(&pool, &older_with_role).await.unwrap();
-    assert_eq!(report.updated, 1, "{report:?}");
+    assert_eq!((report.updated, report.unchanged), (0, 1), "{report:?}");
     let one = stored(&pool, "user_1").await;
     assert_eq!(
         (one.email.as_str(), one.role),
-        ("one@newer.example", Role::SubscriberBasic)
+        ("one@newer.example", Role::User)
     );
 
     let stale = apply_batch(&pool, &first).await.unwrap();
@@ -643,4 +680,676 @@ async fn a_batch_whose_insert_fails_falls_back_to_one_by_one(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(subs, ["user_1", "user_3", "user_4", "user_5"]);
+}
+
+/// How many Clerk identities in `subs` are active despite a tombstone.
+async fn deleted_but_active(pool: &PgPool) -> i64 {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM users u JOIN identity_tombstones t
+             ON t.identity_provider = u.identity_provider AND t.identity_sub = u.identity_sub
+           WHERE u.is_active"#
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A pool for concurrency tests: many connections, so that racing calls really run at once.
+async fn wide(pool: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(24)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn created_and_deleted_racing_never_leave_a_deleted_user_active(pool: PgPool) {
+    let wide = wide(&pool).await;
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let sub = format!("user_race_{round}_{i}");
+            let created = event(
+                "user.created",
+                clerk_user(&sub, &format!("race{round}_{i}@example.com"), T0, json!({})),
+                T0,
+            );
+            let gone = deleted(&sub, T0 + 1);
+            // Both deliveries start together; which one wins the race changes between runs.
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+            for e in [created, gone] {
+                let (wide, barrier) = (wide.clone(), barrier.clone());
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    apply_event(&wide, &e).await
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    let (users, tombstones): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM identity_tombstones)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((users, tombstones), (100, 100));
+    assert_eq!(deleted_but_active(&pool).await, 0);
+    wide.close().await;
+}
+
+#[sqlx::test]
+async fn a_backfill_racing_deletions_never_leaves_a_deleted_user_active(pool: PgPool) {
+    let wide = wide(&pool).await;
+    let batch = users(
+        (0..2000)
+            .map(|i| {
+                clerk_user(
+                    &format!("user_bf_{i:04}"),
+                    &format!("bf{i}@example.com"),
+                    T0,
+                    json!({}),
+                )
+            })
+            .collect(),
+    );
+    let backfill = tokio::spawn({
+        let wide = wide.clone();
+        async move { apply_batch(&wide, &batch).await }
+    });
+    // 200 deletions from 8 workers, spread over the batch, while it runs.
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let wide = wide.clone();
+        workers.push(tokio::spawn(async move {
+            for k in 0..25 {
+                let i = (k * 8 + w) * 10;
+                apply_event(&wide, &deleted(&format!("user_bf_{i:04}"), T0 + 1))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let report = backfill.await.unwrap().unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(report.created, 2000, "{report:?}");
+    assert!(report.rejected.is_empty(), "{report:?}");
+    let tombstones: i64 = sqlx::query_scalar("SELECT count(*) FROM identity_tombstones")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tombstones, 200);
+    assert_eq!(deleted_but_active(&pool).await, 0);
+    wide.close().await;
+}
+
+/// A Clerk `updated` event for `user_m` at `at` with `role` in its metadata (`None`: no role).
+fn role_event(at: i64, role: Option<Value>) -> ClerkEvent {
+    let metadata = match role {
+        Some(r) => json!({ "role": r }),
+        None => json!({}),
+    };
+    event(
+        "user.updated",
+        clerk_user(
+            "user_m",
+            "m@example.com",
+            at,
+            json!({ "public_metadata": metadata }),
+        ),
+        at,
+    )
+}
+
+#[sqlx::test]
+async fn a_role_set_by_hand_is_kept_until_a_newer_clerk_role(pool: PgPool) {
+    // Clerk times around the database's clock: set_role versions the role with now().
+    let now = chrono::Utc::now().timestamp_millis();
+    let past = now - 3_600_000;
+    let future = now + 3_600_000;
+
+    apply_event(&pool, &role_event(past, Some(json!("admin"))))
+        .await
+        .unwrap();
+    let user = stored(&pool, "user_m").await;
+    assert_eq!(
+        (user.role, user.role_source),
+        (Role::Admin, RoleSource::Clerk)
+    );
+
+    // Demoted by hand: recorded as manual, versioned now.
+    let demoted = set_role(&pool, user.id, Role::SubscriberBasic)
+        .await
+        .unwrap();
+    assert_eq!(demoted.role_source, RoleSource::Manual);
+    let version = demoted.identity_role_updated_at.unwrap().timestamp_millis();
+    assert!((version - now).abs() < 60_000, "{version} vs {now}");
+
+    // Clerk events older than the change by hand change nothing, whatever they say.
+    for role in [Some(json!("admin")), None, Some(json!("root"))] {
+        apply_event(&pool, &role_event(past + 1, role))
+            .await
+            .unwrap();
+        assert_eq!(stored(&pool, "user_m").await.role, Role::SubscriberBasic);
+    }
+    // Newer ones without a valid role keep the role set by hand.
+    for (k, role) in [None, Some(Value::Null), Some(json!("root"))]
+        .into_iter()
+        .enumerate()
+    {
+        apply_event(&pool, &role_event(future + k as i64, role))
+            .await
+            .unwrap();
+        let user = stored(&pool, "user_m").await;
+        assert_eq!(
+            (user.role, user.role_source),
+            (Role::SubscriberBasic, RoleSource::Manual)
+        );
+    }
+    // A newer valid role from Clerk replaces it, and from then on Clerk can revoke it.
+    apply_event(
+        &pool,
+        &role_event(future + 10, Some(json!("subscriber_pro"))),
+    )
+    .await
+    .unwrap();
+    let user = stored(&pool, "user_m").await;
+    assert_eq!(
+        (user.role, user.role_source),
+        (Role::SubscriberPro, RoleSource::Clerk)
+    );
+    apply_event(&pool, &role_event(future + 20, None))
+        .await
+        .unwrap();
+    assert_eq!(stored(&pool, "user_m").await.role, Role::User);
+    // And an older valid role arriving late changes nothing.
+    apply_event(&pool, &role_event(future + 15, Some(json!("admin"))))
+        .await
+        .unwrap();
+    assert_eq!(stored(&pool, "user_m").await.role, Role::User);
+}
+
+#[sqlx::test]
+async fn a_deleted_person_can_sign_up_again_with_the_same_address(pool: PgPool) {
+    sqlx::query(
+        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES users(id))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let created = event(
+        "user.created",
+        clerk_user("user_old", "ada@example.com", T0, json!({})),
+        T0,
+    );
+    let Outcome::Created(old_id) = apply_event(&pool, &created).await.unwrap().outcome else {
+        panic!("created")
+    };
+    sqlx::query("INSERT INTO orders (user_id) VALUES ($1)")
+        .bind(old_id.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    apply_event(&pool, &deleted("user_old", T0 + 10))
+        .await
+        .unwrap();
+
+    // The same person, a new Clerk account, the same verified address.
+    let again = event(
+        "user.created",
+        clerk_user("user_new", "ada@example.com", T0 + 20, json!({})),
+        T0 + 20,
+    );
+    let Outcome::Created(new_id) = apply_event(&pool, &again).await.unwrap().outcome else {
+        panic!("a new user")
+    };
+    assert_ne!(new_id, old_id);
+    let new = stored(&pool, "user_new").await;
+    assert!(new.is_active);
+    assert_eq!(new.email, "ada@example.com");
+
+    let old = stored(&pool, "user_old").await;
+    assert_eq!(old.id, old_id, "never merged");
+    assert!(!old.is_active, "never reactivated");
+    assert_eq!(
+        old.released_email.as_deref(),
+        Some("ada@example.com"),
+        "kept for audit"
+    );
+    let orders: i32 = sqlx::query_scalar("SELECT user_id FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, old_id.0, "what pointed at the old user still does");
+
+    // Late events of the old account never take the address back.
+    let late = event(
+        "user.updated",
+        clerk_user("user_old", "ada@example.com", T0 + 30, json!({})),
+        T0 + 30,
+    );
+    apply_event(&pool, &late).await.unwrap();
+    assert_eq!(stored(&pool, "user_new").await.email, "ada@example.com");
+    let old = stored(&pool, "user_old").await;
+    assert!(!old.is_active && old.email.ends_with("@deleted.invalid"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn migration_0005_releases_the_addresses_of_users_deleted_before_it(pool: PgPool) {
+    livermore_db::MIGRATOR.run_to(4, &pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub, is_active, identity_role_updated_at)
+         VALUES ('gone', 'gone@example.com', 'clerk', 'user_gone', false, NULL),
+                ('here', 'here@example.com', 'clerk', 'user_here', true, '2024-01-01')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO identity_tombstones VALUES ('clerk', 'user_gone', '2024-01-02')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    livermore_db::MIGRATOR.run(&pool).await.unwrap();
+    let gone = stored(&pool, "user_gone").await;
+    assert_eq!(gone.released_email.as_deref(), Some("gone@example.com"));
+    assert!(gone.email.ends_with("@deleted.invalid"));
+    assert_eq!(
+        gone.role_source,
+        RoleSource::Manual,
+        "no Clerk role version: set by hand"
+    );
+    let here = stored(&pool, "user_here").await;
+    assert_eq!(
+        (here.email.as_str(), here.released_email),
+        ("here@example.com", None)
+    );
+    assert_eq!(
+        here.role_source,
+        RoleSource::Clerk,
+        "a Clerk event had set its role"
+    );
+}
+
+#[sqlx::test]
+async fn an_unverified_address_never_takes_blocks_or_changes_one(pool: PgPool) {
+    let unverified = |id: &str, a: &str| json!({"id": id, "email_address": a, "verification": {"status": "unverified"}});
+    // An attacker signs up with the victim's address, never verifying it: not created.
+    let attacker = event(
+        "user.created",
+        clerk_user(
+            "user_attacker",
+            "x",
+            T0,
+            json!({"email_addresses": [unverified("idn_1", "victim@example.com")]}),
+        ),
+        T0,
+    );
+    assert_eq!(
+        apply_event(&pool, &attacker).await.unwrap().outcome,
+        Outcome::NoVerifiedEmail
+    );
+    // With a verified address of their own beside it: created with that one.
+    let attacker = event(
+        "user.updated",
+        clerk_user(
+            "user_attacker",
+            "x",
+            T0 + 1,
+            json!({"email_addresses": [
+                unverified("idn_1", "victim@example.com"),
+                {"id": "idn_2", "email_address": "me@attacker.example", "verification": {"status": "verified"}}
+            ]}),
+        ),
+        T0 + 1,
+    );
+    assert!(matches!(
+        apply_event(&pool, &attacker).await.unwrap().outcome,
+        Outcome::Created(_)
+    ));
+    assert_eq!(
+        stored(&pool, "user_attacker").await.email,
+        "me@attacker.example"
+    );
+
+    // The victim signs up: the address is theirs.
+    let victim = event(
+        "user.created",
+        clerk_user("user_victim", "victim@example.com", T0 + 2, json!({})),
+        T0 + 2,
+    );
+    assert!(matches!(
+        apply_event(&pool, &victim).await.unwrap().outcome,
+        Outcome::Created(_)
+    ));
+    assert_eq!(
+        stored(&pool, "user_victim").await.email,
+        "victim@example.com"
+    );
+
+    // A newer event whose only address is unverified changes the profile but not the address.
+    let renamed = event(
+        "user.updated",
+        clerk_user(
+            "user_victim",
+            "x",
+            T0 + 3,
+            json!({"first_name": "Renamed", "email_addresses": [unverified("idn_9", "other@example.com")],
+                   "primary_email_address_id": "idn_9"}),
+        ),
+        T0 + 3,
+    );
+    apply_event(&pool, &renamed).await.unwrap();
+    let victim = stored(&pool, "user_victim").await;
+    assert_eq!(victim.email, "victim@example.com");
+    assert_eq!(victim.display_name.as_deref(), Some("Renamed Lovelace"));
+}
+
+#[sqlx::test]
+async fn bad_values_are_rejected_records_and_invalid_input(pool: PgPool) {
+    // chrono accepts these times; PostgreSQL's timestamp does not.
+    let far = 9_000_000_000_000_000_i64;
+    let batch = users(vec![
+        clerk_user("user_1", "one@example.com", T0, json!({})),
+        clerk_user("user_2", "two@example.com", far, json!({})),
+        clerk_user(
+            "user_3",
+            "three@example.com",
+            T0,
+            json!({"last_sign_in_at": -far}),
+        ),
+        clerk_user("user_4", "four@example.com", T0, json!({})),
+    ]);
+    let report = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!(report.created, 2, "{report:?}");
+    let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
+    assert_eq!(rejected, [2, 3], "{report:?}");
+    let again = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!(
+        (again.created, again.unchanged, again.rejected.len()),
+        (0, 2, 2),
+        "a rerun stores nothing twice"
+    );
+
+    let err = apply_event(
+        &pool,
+        &event(
+            "user.created",
+            clerk_user("user_5", "five@example.com", far, json!({})),
+            T0,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidInput {
+                field: "updated_at",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = apply_event(&pool, &deleted("user_1", far))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidInput {
+                field: "timestamp",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // A value the database still refuses (here a check a DBA added): that record alone is rejected,
+    // in a batch and as a webhook.
+    sqlx::query("ALTER TABLE users ADD CONSTRAINT no_mallory CHECK (display_name IS DISTINCT FROM 'Mallory Lovelace')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let batch = users(vec![
+        clerk_user("user_6", "six@example.com", T0, json!({})),
+        clerk_user(
+            "user_7",
+            "seven@example.com",
+            T0,
+            json!({"first_name": "Mallory"}),
+        ),
+        clerk_user(
+            "user_1",
+            "one@example.com",
+            T0 + 1,
+            json!({"first_name": "Mallory"}),
+        ),
+        clerk_user(
+            "user_4",
+            "four@example.com",
+            T0 + 1,
+            json!({"first_name": "Grace"}),
+        ),
+    ]);
+    let report = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!((report.created, report.updated), (1, 1), "{report:?}");
+    let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
+    assert_eq!(rejected, [2, 3], "{report:?}");
+    assert!(
+        report.rejected[0].reason.contains("no_mallory"),
+        "{report:?}"
+    );
+    let err = apply_event(
+        &pool,
+        &event(
+            "user.created",
+            clerk_user(
+                "user_8",
+                "8@example.com",
+                T0,
+                json!({"first_name": "Mallory"}),
+            ),
+            T0,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing seed can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random records for `users` Clerk users: 2 to 5 each, distinct times per user in random order,
+/// roles valid, absent, `null` or invalid, address changes (each user's addresses are its own),
+/// verified or not when `unverified` is set, and deletions.
+fn random_events(rng: &mut Rng, users: usize, unverified: bool) -> Vec<ClerkEvent> {
+    let roles = [
+        json!("admin"),
+        json!("subscriber_pro"),
+        Value::Null,
+        json!("root"),
+        json!("absent"),
+    ];
+    let mut events = Vec::new();
+    for u in 0..users {
+        let sub = format!("user_p{u:03}");
+        let n = 2 + rng.below(4) as usize;
+        let mut times: Vec<i64> = (0..n as i64).map(|k| T0 + k * 1000).collect();
+        for i in (1..times.len()).rev() {
+            times.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for at in times {
+            if rng.below(6) == 0 {
+                events.push(deleted(&sub, at));
+                continue;
+            }
+            let role = &roles[rng.below(roles.len() as u64) as usize];
+            let metadata = if *role == json!("absent") {
+                json!({})
+            } else {
+                json!({ "role": role })
+            };
+            let status = if unverified && rng.below(4) == 0 {
+                "unverified"
+            } else {
+                "verified"
+            };
+            let email = format!("p{u}.{}@example.com", rng.below(3));
+            let data = clerk_user(
+                &sub,
+                &email,
+                at,
+                json!({
+                    "public_metadata": metadata,
+                    "first_name": format!("N{}", rng.below(5)),
+                    "last_sign_in_at": at - rng.below(5000) as i64,
+                    "email_addresses": [{"id": "idn_1", "email_address": email, "verification": {"status": status}}],
+                }),
+            );
+            let kind = if rng.below(2) == 0 {
+                "user.created"
+            } else {
+                "user.updated"
+            };
+            events.push(event(kind, data, at));
+        }
+    }
+    // Users interleaved at random; each user's records keep the random order of their times.
+    for i in (1..events.len()).rev() {
+        events.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    events
+}
+
+/// Every Clerk user's row, by identity, without what legitimately differs (ids, write times, and
+/// with `username` unless asked: the creating record, and so the name, depends on the order).
+async fn all_rows(conn: &mut PgConnection, with_username: bool) -> Vec<String> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT (to_jsonb(u) - 'id' - 'created_at' - 'updated_at')::text FROM users u
+         WHERE identity_provider = 'clerk' ORDER BY identity_sub",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|r| {
+            let mut v: Value = serde_json::from_str(&r).unwrap();
+            if !with_username {
+                v.as_object_mut().unwrap().remove("username");
+            }
+            v.to_string()
+        })
+        .collect()
+}
+
+/// Compares two sets of rows, naming the first that differs rather than printing them all.
+fn assert_same_rows(actual: &[String], expected: &[String], context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: number of rows");
+    if let Some((a, e)) = actual.iter().zip(expected).find(|(a, e)| a != e) {
+        panic!("{context}: a row differs\n  got      {a}\n  expected {e}");
+    }
+}
+
+async fn one_by_one(conn: &mut PgConnection, events: &[ClerkEvent]) {
+    for e in events {
+        match apply_event(&mut *conn, e).await {
+            Ok(_) | Err(Error::EmailTaken { .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+fn numbered(events: &[ClerkEvent]) -> Vec<(usize, ClerkEvent)> {
+    events.iter().cloned().enumerate().collect()
+}
+
+#[sqlx::test]
+async fn a_batch_ends_like_its_records_one_by_one(pool: PgPool) {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    for _ in 0..8 {
+        let events = random_events(&mut rng, 40, true);
+        let mut tx = pool.begin().await.unwrap();
+        one_by_one(&mut tx, &events).await;
+        let expected = all_rows(&mut tx, true).await;
+        tx.rollback().await.unwrap();
+
+        let mut tx = pool.begin().await.unwrap();
+        let report = apply_events(&mut *tx, &numbered(&events)).await.unwrap();
+        assert_eq!(report.total(), events.len(), "{report:?}");
+        assert_same_rows(
+            &all_rows(&mut tx, true).await,
+            &expected,
+            "batch vs one by one",
+        );
+        tx.rollback().await.unwrap();
+    }
+}
+
+#[sqlx::test]
+async fn any_delivery_ends_like_delivery_in_order(pool: PgPool) {
+    let wide = wide(&pool).await;
+    let mut rng = Rng(0x5EED_5678_0002);
+    let events = random_events(&mut rng, 60, false);
+    // The expected rows: each record once, in order of time.
+    let mut in_order = events.clone();
+    in_order.sort_by_key(|e| {
+        e.data["updated_at"]
+            .as_i64()
+            .or(e.timestamp)
+            .unwrap_or_default()
+    });
+    let mut tx = pool.begin().await.unwrap();
+    one_by_one(&mut tx, &in_order).await;
+    let expected = all_rows(&mut tx, false).await;
+    tx.rollback().await.unwrap();
+
+    // Shuffled with duplicates, delivered by 16 concurrent workers and, at the same time, as a batch.
+    let mut deliveries: Vec<ClerkEvent> = events
+        .iter()
+        .chain(events.iter().step_by(3))
+        .cloned()
+        .collect();
+    for i in (1..deliveries.len()).rev() {
+        deliveries.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let deliveries = std::sync::Arc::new(deliveries);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (wide, deliveries) = (wide.clone(), deliveries.clone());
+        tasks.push(tokio::spawn(async move {
+            for e in deliveries.iter().skip(w).step_by(16) {
+                apply_event(&wide, e).await.unwrap();
+            }
+        }));
+    }
+    let batch = numbered(&events);
+    let report = apply_events(&wide, &batch).await.unwrap();
+    assert!(report.rejected.is_empty(), "{report:?}");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    assert_same_rows(
+        &all_rows(&mut conn, false).await,
+        &expected,
+        "any delivery vs in order",
+    );
+    wide.close().await;
 }

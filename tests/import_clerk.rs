@@ -53,7 +53,8 @@ fn user(id: &str, email: &str) -> String {
 #[sqlx::test]
 async fn a_json_array_with_malformed_records(pool: PgPool) {
     let array = format!(
-        "[{}, {{\"id\": \"user_bad\"}}, {}, {{\"id\": \"user_nomail\", \"updated_at\": 1, \"email_addresses\": []}}]",
+        "[{}, {{\"id\": \"user_bad\"}}, {}, {{\"id\": \"user_far\", \"updated_at\": 9000000000000000}}, \
+         {{\"id\": \"user_nomail\", \"updated_at\": 1, \"email_addresses\": []}}]",
         user("user_1", "one@example.com"),
         user("user_2", "two@example.com"),
     );
@@ -62,14 +63,16 @@ async fn a_json_array_with_malformed_records(pool: PgPool) {
         code, 1,
         "rejected records make the exit status 1\n{out}{err}"
     );
-    assert!(out.contains("import-clerk: 4 records"), "{out}");
+    assert!(out.contains("import-clerk: 5 records"), "{out}");
     assert!(out.contains("  created    2"), "{out}");
     assert!(out.contains("  rejected   2"), "{out}");
     assert!(
         out.contains("record 2: missing field `updated_at`"),
         "{out}"
     );
-    assert!(out.contains("record 4: invalid email"), "{out}");
+    assert!(out.contains("record 4: invalid updated_at"), "{out}");
+    assert!(out.contains("  not created 1"), "{out}");
+    assert!(out.contains("    record 5"), "{out}");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&pool)
         .await

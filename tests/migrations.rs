@@ -170,7 +170,8 @@ async fn adoption_succeeds_when_old_rows_break_the_new_checks(pool: PgPool) {
         checks,
         [
             ("users_identity_pair_check", false),
-            ("users_role_check", false)
+            ("users_role_check", false),
+            ("users_role_source_check", true),
         ]
     );
     // Still enforced for new writes.
@@ -319,4 +320,68 @@ async fn migrator_run_on_a_pool_leaves_the_lock_behind(pool: PgPool) {
     );
     a.close().await;
     b.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_lifecycle_down_refuses_while_it_holds_data_and_locks_first(pool: PgPool) {
+    MIGRATOR.run(&pool).await.expect("up");
+    // A released address: the down must refuse.
+    sqlx::query(
+        "INSERT INTO users (username, email, released_email, identity_provider, identity_sub, is_active)
+         VALUES ('gone', 'deleted+x@deleted.invalid', 'gone@example.com', 'clerk', 'user_gone', false)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = MIGRATOR.undo(&pool, 4).await.expect_err("refuses");
+    assert!(
+        err.to_string()
+            .contains("refusing to drop column users.released_email"),
+        "{err}"
+    );
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+
+    // Empty of lifecycle data it goes down; but a writer that commits a role set by Clerk while the
+    // down waits for its lock makes it refuse, rather than drop what the writer wrote.
+    sqlx::query("DELETE FROM users")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, role_source) VALUES ('w', 'w@example.com', 'clerk')",
+    )
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    let down = tokio::spawn({
+        let pool = pool.clone();
+        async move { MIGRATOR.undo(&pool, 4).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    writer.commit().await.unwrap();
+    let err = down
+        .await
+        .unwrap()
+        .expect_err("the committed row makes it refuse");
+    assert!(
+        err.to_string()
+            .contains("refusing to drop column users.role_source"),
+        "{err}"
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role_source = 'clerk'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+
+    sqlx::query("DELETE FROM users")
+        .execute(&pool)
+        .await
+        .unwrap();
+    MIGRATOR
+        .undo(&pool, 4)
+        .await
+        .expect("down with no lifecycle data");
+    assert_eq!(users_shape(&pool).await, expected_users_shape_before_0005());
 }

@@ -112,6 +112,9 @@ pub fn expected_users_shape() -> UsersShape {
             // Migration 0004: the provider's updated_at of the last synced profile.
             column("identity_updated_at", "timestamp without time zone", None, None, true),
             column("identity_role_updated_at", "timestamp without time zone", None, None, true),
+            // Migration 0005: who set the role, and a deleted user's released address.
+            column("role_source", "character varying", Some(10), Some("'manual'::character varying"), false),
+            column("released_email", "character varying", Some(255), None, true),
         ],
         constraints: vec![
             constraint("users_email_unique", "u", "UNIQUE (email)"),
@@ -125,6 +128,11 @@ pub fn expected_users_shape() -> UsersShape {
                 "users_role_check",
                 "c",
                 "CHECK (((role)::text = ANY ((ARRAY['user'::character varying, 'admin'::character varying, 'subscriber_basic'::character varying, 'subscriber_pro'::character varying])::text[])))",
+            ),
+            constraint(
+                "users_role_source_check",
+                "c",
+                "CHECK (((role_source)::text = ANY ((ARRAY['manual'::character varying, 'clerk'::character varying])::text[])))",
             ),
             constraint("users_username_unique", "u", "UNIQUE (username)"),
         ],
@@ -146,10 +154,22 @@ pub fn expected_users_shape() -> UsersShape {
     }
 }
 
-/// The shape after reverting 0004 and 0003: no `identity_updated_at`, and the baseline's `now()`
-/// defaults on `created_at` and `updated_at`.
-pub fn expected_users_shape_before_0003() -> UsersShape {
+/// The shape after reverting 0005: no `role_source`, `released_email` and their check.
+pub fn expected_users_shape_before_0005() -> UsersShape {
     let mut shape = expected_users_shape();
+    shape
+        .columns
+        .retain(|c| c.name != "role_source" && c.name != "released_email");
+    shape
+        .constraints
+        .retain(|c| c.name != "users_role_source_check");
+    shape
+}
+
+/// The shape after reverting 0005, 0004 and 0003: no `identity_updated_at`, and the baseline's
+/// `now()` defaults on `created_at` and `updated_at`.
+pub fn expected_users_shape_before_0003() -> UsersShape {
+    let mut shape = expected_users_shape_before_0005();
     shape
         .columns
         .retain(|c| c.name != "identity_updated_at" && c.name != "identity_role_updated_at");
@@ -184,9 +204,9 @@ pub async fn applied_versions<'c>(conn: impl PgExecutor<'c>) -> Vec<i64> {
 /// migrating.
 pub async fn rows_of<'c>(conn: impl PgExecutor<'c>, table: &'static str) -> String {
     let sql = match table {
-        // Without the sync bookkeeping column of 0004, which the old schemas never had.
+        // Without the sync bookkeeping columns of 0004 and 0005, which the old schemas never had.
         "users" => {
-            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at' - 'identity_role_updated_at')::text, E'\\n' ORDER BY id), '')
+            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at' - 'identity_role_updated_at' - 'role_source' - 'released_email')::text, E'\\n' ORDER BY id), '')
              FROM users t"
         }
         "watchlists" => {

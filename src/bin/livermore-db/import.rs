@@ -111,13 +111,25 @@ pub async fn import_clerk(
     println!("  created    {}", report.created);
     println!("  updated    {}", report.updated);
     println!("  unchanged  {}", report.unchanged);
+    if report.deactivated > 0 {
+        println!("  deleted    {}", report.deactivated);
+    }
+    if !report.not_created.is_empty() {
+        println!(
+            "  not created {} (no verified email address; a later event with one creates them)",
+            report.not_created.len()
+        );
+        for r in &report.not_created {
+            println!("    {}", numbering.label(r.position));
+        }
+    }
     println!("  rejected   {}", report.rejected.len());
     for r in &report.rejected {
         println!("    {}: {}", numbering.label(r.position), r.reason);
     }
     if !report.role_notes.is_empty() {
         println!(
-            "  role kept  {} (public_metadata.role is not a valid role)",
+            "  bad role   {} (public_metadata.role is not a valid role: kept if set by hand, else user)",
             report.role_notes.len()
         );
         for r in &report.role_notes {

@@ -6,7 +6,7 @@
 //! spawned (`tokio::spawn` needs `Send + 'static` futures, as axum handlers do) with each kind of
 //! executor a service has: `&PgPool`, `&mut PgConnection` and a transaction. Running it checks that they
 //! work there too.
-use livermore_db::clerk::{ClerkEvent, ClerkUser, apply_batch, apply_event, apply_user};
+use livermore_db::clerk::{ClerkEvent, ClerkUser, apply_batch, apply_event, apply_events, apply_user};
 use livermore_db::{
     Email, Error, Identity, Profile, Role, UserId, deactivate, find_by_email, find_by_id,
     find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
@@ -73,6 +73,7 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
             apply_event(p, &clerk_event(n)).await?;
             apply_user(p, &clerk_user(n, 1_700_000_000_001).to_profile()?).await?;
             apply_batch(p, &[(1, clerk_user(n, 1_700_000_000_002))]).await?;
+            apply_events(p, &[(1, clerk_event(n))]).await?;
             livermore_db::migrate(p).await?;
             Ok(())
         }));
@@ -94,6 +95,7 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
             apply_event(&mut *c, &clerk_event(n)).await?;
             apply_user(&mut *c, &clerk_user(n, 1_700_000_000_003).to_profile()?).await?;
             apply_batch(&mut *c, &[(1, clerk_user(n, 1_700_000_000_004))]).await?;
+            apply_events(&mut *c, &[(1, clerk_event(n))]).await?;
             Ok(())
         }));
     }
@@ -111,6 +113,7 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
         apply_event(&mut *tx, &clerk_event(n)).await?;
         apply_user(&mut *tx, &clerk_user(n, 1_700_000_000_005).to_profile()?).await?;
         apply_batch(&mut *tx, &[(1, clerk_user(n, 1_700_000_000_006))]).await?;
+        apply_events(&mut *tx, &[(1, clerk_event(n))]).await?;
         deactivate(&mut *tx, user).await?;
         tx.commit().await?;
         Ok(())
