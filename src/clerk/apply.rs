@@ -209,49 +209,27 @@ async fn apply_round(
             (None, None) => results.push(done(*position, change, Outcome::NoVerifiedEmail)),
         }
     }
-    let claimed: Vec<&str> = updates
-        .iter()
-        .map(|(_, p, _)| *p)
-        .chain(inserts.iter().map(|(_, p)| *p))
-        .filter_map(|p| claimed_address(&stored, p))
-        .collect();
-    let holders: HashMap<String, Option<String>> = if claimed.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query!(
-            r#"SELECT email,
-                      CASE WHEN identity_provider = 'clerk' THEN identity_sub END AS clerk_sub
-               FROM users WHERE email = ANY($1::varchar[])"#,
-            &claimed as &[&str],
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|r| (r.email, r.clerk_sub))
-        .collect()
-    };
+    // Two records of this round claiming one address: the later one goes one by one.
     let mut taken_here: HashSet<String> = HashSet::new();
-    let mut free_to_claim = |p: &ClerkProfile| match claimed_address(&stored, p) {
-        None => true,
-        Some(email) => {
-            let held_by_other = holders
-                .get(email)
-                .is_some_and(|holder| holder.as_deref() != Some(p.subject.as_str()));
-            !held_by_other && taken_here.insert(email.to_owned())
-        }
+    let mut first_claim = |p: &ClerkProfile| {
+        claimed_address(&stored, p).is_none_or(|email| taken_here.insert(email.to_owned()))
     };
-    let (bulk_updates, mut one_by_one_updates): (Vec<_>, Vec<_>) =
-        updates.into_iter().partition(|(_, p, _)| free_to_claim(p));
-    let (bulk_inserts, mut one_by_one_inserts): (Vec<_>, Vec<_>) =
-        inserts.into_iter().partition(|(_, p)| free_to_claim(p));
+    let (mut bulk_updates, mut one_by_one_updates): (Vec<_>, Vec<_>) =
+        updates.into_iter().partition(|(_, p, _)| first_claim(p));
+    let (mut bulk_inserts, mut one_by_one_inserts): (Vec<_>, Vec<_>) =
+        inserts.into_iter().partition(|(_, p)| first_claim(p));
 
-    if !bulk_updates.is_empty() {
+    // Optimistic: a backfill's addresses are almost never held by another user, so the holders are
+    // looked up only when a bulk statement hits a unique violation; the records whose address another
+    // user holds then go one by one, and the rest are tried in bulk once more.
+    let mut checked = false;
+    while !bulk_updates.is_empty() {
         let profiles: Vec<&ClerkProfile> = bulk_updates.iter().map(|(_, p, _)| *p).collect();
         let mut savepoint = Connection::begin(&mut *conn).await?;
         let result = update(&mut savepoint, &profiles).await;
         match settle(savepoint, result).await? {
             Ok(written) => {
-                for (position, p, id) in bulk_updates {
+                for (position, p, id) in std::mem::take(&mut bulk_updates) {
                     let outcome = if written.contains(p.subject.as_str()) {
                         Outcome::Updated(id)
                     } else {
@@ -260,24 +238,43 @@ async fn apply_round(
                     results.push(done_profile(position, p, outcome));
                 }
             }
-            Err(_) => one_by_one_updates.extend(bulk_updates),
+            Err(e) if !checked && is_unique_violation(&e) => {
+                checked = true;
+                let held = held_elsewhere(conn, &stored, &profiles).await?;
+                let (free, held): (Vec<_>, Vec<_>) = std::mem::take(&mut bulk_updates)
+                    .into_iter()
+                    .partition(|(_, p, _)| !held.contains(p.subject.as_str()));
+                one_by_one_updates.extend(held);
+                bulk_updates = free;
+            }
+            Err(_) => one_by_one_updates.append(&mut bulk_updates),
         }
     }
-    if !bulk_inserts.is_empty() {
+    let mut checked = false;
+    while !bulk_inserts.is_empty() {
         let profiles: Vec<&ClerkProfile> = bulk_inserts.iter().map(|(_, p)| *p).collect();
         let usernames = usernames_for(conn, &profiles).await?;
         let mut savepoint = Connection::begin(&mut *conn).await?;
         let result = insert(&mut savepoint, &profiles, &usernames).await;
         match settle(savepoint, result).await? {
             Ok(created) => {
-                for (position, p) in bulk_inserts {
+                for (position, p) in std::mem::take(&mut bulk_inserts) {
                     match created.get(p.subject.as_str()) {
                         Some(id) => results.push(done_profile(position, p, Outcome::Created(*id))),
                         None => one_by_one_inserts.push((position, p)),
                     }
                 }
             }
-            Err(_) => one_by_one_inserts.extend(bulk_inserts),
+            Err(e) if !checked && is_unique_violation(&e) => {
+                checked = true;
+                let held = held_elsewhere(conn, &stored, &profiles).await?;
+                let (free, held): (Vec<_>, Vec<_>) = std::mem::take(&mut bulk_inserts)
+                    .into_iter()
+                    .partition(|(_, p)| !held.contains(p.subject.as_str()));
+                one_by_one_inserts.extend(held);
+                bulk_inserts = free;
+            }
+            Err(_) => one_by_one_inserts.append(&mut bulk_inserts),
         }
     }
 
@@ -296,6 +293,44 @@ async fn apply_round(
         results.push(with_note(position, p, outcome));
     }
     Ok(results)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The identities among `profiles` whose claimed address another user holds.
+async fn held_elsewhere(
+    conn: &mut PgConnection,
+    stored: &HashMap<String, Stored>,
+    profiles: &[&ClerkProfile],
+) -> Result<HashSet<String>, Error> {
+    let claimed: Vec<&str> = profiles
+        .iter()
+        .filter_map(|p| claimed_address(stored, p))
+        .collect();
+    let holders: HashMap<String, Option<String>> = sqlx::query!(
+        r#"SELECT email,
+                  CASE WHEN identity_provider = 'clerk' THEN identity_sub END AS clerk_sub
+           FROM users WHERE email = ANY($1::varchar[])"#,
+        &claimed as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| (r.email, r.clerk_sub))
+    .collect();
+    Ok(profiles
+        .iter()
+        .filter(|p| {
+            claimed_address(stored, p).is_some_and(|email| {
+                holders
+                    .get(email)
+                    .is_some_and(|holder| holder.as_deref() != Some(p.subject.as_str()))
+            })
+        })
+        .map(|p| p.subject.as_str().to_owned())
+        .collect())
 }
 
 /// The address a record would put in `users.email`, if any: a deleted user's goes to

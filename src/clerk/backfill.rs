@@ -70,7 +70,7 @@ impl BackfillReport {
 
 /// The most records applied in one transaction (and so the most identity locks it holds); longer
 /// input is applied in chunks of this many, one transaction each.
-pub const DEFAULT_BATCH_SIZE: usize = 1_000;
+pub const DEFAULT_BATCH_SIZE: usize = 2_000;
 
 /// Applies records in chunks of [`DEFAULT_BATCH_SIZE`], each in its own transaction (a savepoint in
 /// a caller's), and reports every record.
