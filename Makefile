@@ -22,14 +22,18 @@ VALID_ENVS := local sandbox
 LOCAL_DB := scripts/local-db.sh
 CARGO ?= cargo
 
-ifeq ($(filter $(ENV),$(VALID_ENVS)),)
+# `$(value …)`: a value given on the command line is never expanded, so make functions in it
+# (`$(shell …)`) stay text.
+ifeq ($(filter $(value ENV),$(VALID_ENVS)),)
 $(error unknown ENV; valid: $(VALID_ENVS))
 endif
-export LIVERMORE_ENV := $(ENV)
-export LIVERMORE_IMPORT_FILE := $(FILE)
+export LIVERMORE_ENV := $(value ENV)
+export LIVERMORE_IMPORT_FILE := $(value FILE)
+# make exports command-line variables to every recipe, expanding them on the way: not these.
+unexport ENV FILE DRY_RUN
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
-  test-consumer test-package lint doc fmt example bench
+  test-consumer test-make test-package lint doc fmt example bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -56,14 +60,14 @@ sqlx-cli: ## Install the pinned sqlx-cli (with sqlx-toml) into SQLX_ROOT unless 
 # for ENV=sandbox it reads the PG_SANDBOX_* variables from the environment itself: no password passes
 # through a command line.
 LIVERMORE_DB = SQLX_OFFLINE=true $(CARGO) run --quiet --features cli --bin livermore-db --
-ifeq ($(ENV),local)
+ifeq ($(value ENV),local)
 WITH_DB = url=$$($(LOCAL_DB) up); export LIVERMORE_DATABASE_URL="$$url";
 else
 WITH_DB =
 endif
 
 migrate: ## Create the database if missing, apply pending migrations (ENV=local|sandbox, DRY_RUN=1)
-	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" migrate $(if $(DRY_RUN),--dry-run)
+	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" migrate $(if $(value DRY_RUN),--dry-run)
 
 migrate-status: ## List applied, pending and mismatched migrations (ENV=local|sandbox)
 	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" status
@@ -103,7 +107,11 @@ test: sqlx-cli ## Everything CI checks: tests, consumer build, packaging, cache 
 	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --doc --all-features; \
 	echo "== cargo sqlx prepare --check"; \
 	$(CARGO) sqlx prepare --check -- --all-targets --all-features
-	@$(MAKE) --no-print-directory test-consumer test-package doc lint
+	@$(MAKE) --no-print-directory test-consumer test-make test-package doc lint
+
+test-make: sqlx-cli ## make hands FILE and ENV to commands as data: names with quotes, $(…), spaces
+	@echo "== make passes values, never code"
+	@scripts/test-make-values.sh
 
 # A service crate outside the package (tests/consumer) that depends on livermore-db by path. It is built
 # twice with livermore-db recompiled each time: with no database variable at all, and with DATABASE_URL

@@ -29,6 +29,9 @@ const WITH_IDENTITY: u32 = 90_000;
 const CLIENTS: [u32; 3] = [1, 4, 16];
 const DATABASE: &str = "livermore_bench";
 
+/// The server's password, for psql and pgbench (through PGPASSWORD).
+static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 const LOOKUP_SQL: &str = r#"\set n random(1, 90000)
 SELECT id, username, email, is_active, created_at, updated_at, identity_provider, identity_sub,
        display_name, identity_picture_url, role, last_login_at, identity_updated_at
@@ -81,6 +84,9 @@ fn pg_tool(name: &str) -> String {
         .unwrap_or_else(|| name.to_owned())
 }
 
+/// Host, port and user for psql and pgbench, and the database as the last, positional argument: in
+/// pgbench `-d` is `--debug`, not the database. The password goes through PGPASSWORD ([`password`]),
+/// never the command line.
 fn conn_args(o: &PgConnectOptions) -> Vec<String> {
     vec![
         "-h".into(),
@@ -89,9 +95,38 @@ fn conn_args(o: &PgConnectOptions) -> Vec<String> {
         o.get_port().to_string(),
         "-U".into(),
         o.get_username().into(),
-        "-d".into(),
         DATABASE.into(),
     ]
+}
+
+/// The password in a `postgres://user:password@…` URL, percent-decoded; empty when there is none.
+fn password(url: &str) -> String {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .map_or("", |(userinfo, _)| userinfo);
+    let raw = userinfo.split_once(':').map_or("", |(_, p)| p);
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| raw.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs pgbench with a script; returns transactions per second.
@@ -109,6 +144,7 @@ fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> f6
         .args(["-T", &seconds.to_string(), "-f"])
         .arg(&path)
         .args(conn_args(o))
+        .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -184,6 +220,7 @@ async fn main() {
         return;
     }
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (make bench sets it)");
+    PASSWORD.get_or_init(|| password(&url));
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -360,6 +397,7 @@ async fn main() {
         let out = Command::new(pg_tool("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
             .args(conn_args(&o))
+            .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
             .output()
             .expect("run psql");
         let tool = f64::from(USERS) / started.elapsed().as_secs_f64();

@@ -2,7 +2,10 @@
 -- the index and the columns. Columns adopted from the older tooling stay.
 -- It refuses, changing nothing, while any column it would drop still holds identity data (a non-NULL
 -- value, or a role other than the default 'user'): clear those first if losing them is really meant.
+-- It locks `users` before it looks, so that no writer can commit data between the checks and the drops.
 SET LOCAL lock_timeout = '5s';
+
+LOCK TABLE users IN ACCESS EXCLUSIVE MODE;
 
 DO $migration$
 DECLARE

@@ -11,6 +11,11 @@ DECLARE
     col text;
     holds_data boolean;
 BEGIN
+    -- Lock before looking, so that no writer can commit data between the checks and the drops.
+    LOCK TABLE users IN ACCESS EXCLUSIVE MODE;
+    IF tombstones IS NOT NULL THEN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tombstones);
+    END IF;
     SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}') INTO own_columns
     FROM pg_attribute a
     WHERE a.attrelid = 'users'::regclass AND a.attnum > 0 AND NOT a.attisdropped

@@ -15,8 +15,14 @@
 # .pgdata/<cluster> in the repo, or /var/tmp/livermore-db-<hash of the repo path>/<cluster> when the
 # repo's path is not reachable by the unprivileged user that runs the server (e.g. a clone under /root).
 #
-# The dev cluster listens on 127.0.0.1:$LOCAL_PG_PORT (default 54329) and trusts local connections:
-# a throw-away development cluster, never a place for real data.
+# The dev cluster listens on 127.0.0.1:$LOCAL_PG_PORT (default 54329). TCP connections need the
+# superuser `livermore`'s password, generated per cluster and kept in <dir>/password (mode 0600, the
+# server user's); `up` and `url` print it inside the URL. The unix socket sits in a folder of mode 0700,
+# so only the server user (and root) reach it. A development cluster still: never a place for real data.
+#
+# As root, when the fallback folder /var/tmp/livermore-db-<hash> is used, it is created fresh (mode
+# 0700, owned by the server user); one that already exists is used only if it is a real folder of
+# that owner and mode (not a link another user planted). LOCAL_PG_BASE overrides the folder (tests).
 #
 # The sandbox emulator stands in for the managed Azure server in tests: a second cluster on
 # 127.0.0.1:$LOCAL_SANDBOX_PORT (default 54339) with TLS on (a CA and a server certificate made here with
@@ -38,7 +44,11 @@ die() {
   exit 1
 }
 
-local_url() { printf 'postgres://%s@127.0.0.1:%s/%s\n' "$db_user" "$port" "$db_name"; }
+local_url() {
+  local pw
+  pw=$(cat "$dir/password" 2>/dev/null) || die "no password file in $dir (start the cluster: $0 up)"
+  printf 'postgres://%s:%s@127.0.0.1:%s/%s\n' "$db_user" "$pw" "$port" "$db_name"
+}
 
 # Debian's PostgreSQL binaries; 15 is what the project is tested on, else the newest installed.
 find_pg_bin() {
@@ -91,25 +101,58 @@ as_server() {
 
 choose_dir() {
   base="$repo/.pgdata"
-  if [ "$(id -u)" -eq 0 ] && ! runuser -u "$server_user" -- test -x "$repo" 2>/dev/null; then
+  fallback=false
+  if [ -n "${LOCAL_PG_BASE:-}" ]; then
+    base=$LOCAL_PG_BASE
+    fallback=true
+  elif [ "$(id -u)" -eq 0 ] && ! runuser -u "$server_user" -- test -x "$repo" 2>/dev/null; then
     local hash
     hash=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
     base="/var/tmp/livermore-db-$hash"
+    fallback=true
   fi
   dir="$base/$cluster"
+}
+
+# A folder outside the repository, in a place every local user can write to: it must be ours. Created
+# fresh when missing; an existing one must be a real folder (not a link), owned by the server user,
+# mode 0700, or nothing is written into it.
+claim_base() {
+  [ "$fallback" = true ] || return 0
+  if [ -L "$base" ]; then
+    die "$base is a symbolic link: refusing to use it (another local user may have planted it); remove it"
+  fi
+  if [ ! -e "$base" ]; then
+    mkdir -m 700 "$base" || die "cannot create $base"
+    if [ "$(id -u)" -eq 0 ]; then chown "$server_user" "$base"; fi
+  fi
+  [ -d "$base" ] || die "$base is not a folder: refusing to use it"
+  local owner mode
+  owner=$(stat -c %U "$base")
+  mode=$(stat -c %a "$base")
+  [ "$owner" = "$server_user" ] || die "$base belongs to $owner, not $server_user: refusing to use it; remove it"
+  [ "$mode" = 700 ] || die "$base has mode $mode, not 700: refusing to use it; remove it"
 }
 
 is_running() { as_server "$pg_bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; }
 
 init_cluster() {
+  claim_base
   [ -f "$dir/data/PG_VERSION" ] && return 0
   say "initdb into $dir/data (server user $server_user)"
-  mkdir -p "$dir"
-  [ "$base" = "$repo/.pgdata" ] || printf '%s\n' "$repo" >"$base/REPO"
-  if [ "$(id -u)" -eq 0 ]; then chown "$server_user" "$base" "$dir"; fi
+  if [ "$fallback" = true ]; then
+    as_server mkdir -p "$dir"
+    printf '%s\n' "$repo" | as_server tee "$base/REPO" >/dev/null
+  else
+    mkdir -p "$dir"
+    if [ "$(id -u)" -eq 0 ]; then chown "$server_user" "$base" "$dir"; fi
+  fi
   as_server mkdir -p "$dir/data" "$dir/socket"
-  as_server chmod 700 "$dir/data"
-  as_server "$pg_bin/initdb" -D "$dir/data" -U "$db_user" --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 ||
+  as_server chmod 700 "$dir" "$dir/data" "$dir/socket"
+  new_password
+  # TCP needs the password (SCRAM); the unix socket, in a folder only the server user can enter, trusts.
+  as_server "$pg_bin/initdb" -D "$dir/data" -U "$db_user" --auth-local=trust --auth-host=scram-sha-256 \
+    --pwfile="$dir/password" -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 ||
     { cat "$dir/initdb.log" >&2; die "initdb failed"; }
   # Our settings go in a file of their own, included last so that they win.
   as_server tee "$dir/data/livermore.conf" >/dev/null <<EOF
@@ -168,6 +211,25 @@ ALTER ROLE $sandbox_user PASSWORD '$quoted';
 EOF
 }
 
+# A random password for the superuser, in a file only the server user can read (root can too).
+new_password() {
+  as_server bash -c 'umask 077; head -c 48 /dev/urandom | base64 | tr -dc A-Za-z0-9 | head -c 32 >"$1"' _ "$dir/password"
+}
+
+# Clusters made before passwords: give the superuser one and make TCP connections ask for it.
+secure_old_cluster() {
+  [ -f "$dir/password" ] && return 0
+  say "securing an older cluster: a password for TCP connections, socket folder 0700"
+  new_password
+  as_server chmod 700 "$dir" "$dir/socket"
+  local pw
+  pw=$(cat "$dir/password")
+  printf "SET password_encryption = 'scram-sha-256';\nALTER ROLE %s PASSWORD '%s';\n" "$db_user" "$pw" |
+    as_server "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir/socket" -p "$port" -U "$db_user" -d postgres >/dev/null
+  as_server sed -i -E 's/^(host[a-z]*[[:space:]].*[[:space:]])trust[[:space:]]*$/\1scram-sha-256/' "$dir/data/pg_hba.conf"
+  as_server "$pg_bin/pg_ctl" -D "$dir/data" reload >/dev/null
+}
+
 start_cluster() {
   if is_running; then return 0; fi
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -209,6 +271,7 @@ case "$cmd" in
     choose_dir
     init_cluster
     start_cluster
+    secure_old_cluster
     local_url
     ;;
   sandbox-up)
@@ -216,6 +279,7 @@ case "$cmd" in
     choose_server_user
     choose_dir
     init_cluster
+    as_server chmod 700 "$dir" "$dir/socket"
     start_cluster
     sandbox_role
     printf 'PG_SANDBOX_HOST=127.0.0.1\nPG_SANDBOX_PORT=%s\nPG_SANDBOX_USER=%s\nPG_SANDBOX_SSLROOTCERT=%s\n' \
@@ -225,7 +289,14 @@ case "$cmd" in
     stop_cluster
     ;;
   url)
-    if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then printf '%s\n' "$LIVERMORE_DATABASE_URL"; else local_url; fi
+    if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then
+      printf '%s\n' "$LIVERMORE_DATABASE_URL"
+    else
+      pg_bin=$(find_pg_bin) || die "no PostgreSQL binaries under /usr/lib/postgresql"
+      choose_server_user
+      choose_dir
+      local_url
+    fi
     ;;
   status)
     pg_bin=$(find_pg_bin) || die "no PostgreSQL binaries under /usr/lib/postgresql"

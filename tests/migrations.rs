@@ -322,10 +322,82 @@ async fn migrator_run_on_a_pool_leaves_the_lock_behind(pool: PgPool) {
     b.close().await;
 }
 
+/// Reverts to `target` while a writer, started before, commits `write`: the down must wait for the
+/// writer (it locks before it looks), see the row and refuse, and the row must survive.
+async fn down_racing_a_writer(pool: &PgPool, target: i64, write: &str, refusal: &str) {
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(write.to_owned()))
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let down = tokio::spawn({
+        let pool = pool.clone();
+        async move { MIGRATOR.undo(&pool, target).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!down.is_finished(), "the down waits for the writer's lock");
+    writer.commit().await.unwrap();
+    let err = down
+        .await
+        .unwrap()
+        .expect_err("the committed row makes it refuse");
+    assert!(err.to_string().contains(refusal), "{err}");
+}
+
 #[sqlx::test(migrations = false)]
-async fn the_lifecycle_down_refuses_while_it_holds_data_and_locks_first(pool: PgPool) {
+async fn downs_lock_before_they_look(pool: PgPool) {
     MIGRATOR.run(&pool).await.expect("up");
-    // A released address: the down must refuse.
+    let clear = "DELETE FROM users; DELETE FROM identity_tombstones;";
+    let steps: [(i64, &str, &str); 4] = [
+        (
+            4,
+            "INSERT INTO users (username, email, role_source) VALUES ('w', 'w@x.test', 'clerk')",
+            "refusing to drop column users.role_source",
+        ),
+        (
+            3,
+            "INSERT INTO identity_tombstones VALUES ('clerk', 'user_w', now())",
+            "refusing to drop table identity_tombstones",
+        ),
+        (
+            1,
+            "INSERT INTO users (username, email, identity_provider, identity_sub) VALUES ('w', 'w@x.test', 'clerk', 'user_w')",
+            "refusing to drop column users.identity_provider",
+        ),
+        (
+            0,
+            "INSERT INTO users (username, email) VALUES ('w', 'w@x.test')",
+            "refusing to drop table users: it holds 1 rows",
+        ),
+    ];
+    for (target, write, refusal) in steps {
+        // Only the migration under test goes down while the writer holds its lock (an intermediate
+        // down that waits too, like 0003's, would hide a down that does not).
+        MIGRATOR.undo(&pool, target + 1).await.unwrap();
+        down_racing_a_writer(&pool, target, write, refusal).await;
+        let rows: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM identity_tombstones)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1);
+        assert_eq!(rows, 1, "the writer's row survives the down to {target}");
+        sqlx::raw_sql(clear).execute(&pool).await.ok();
+        sqlx::query("DELETE FROM users")
+            .execute(&pool)
+            .await
+            .unwrap();
+        MIGRATOR
+            .undo(&pool, target)
+            .await
+            .unwrap_or_else(|e| panic!("down to {target} once the data is gone: {e}"));
+    }
+    assert_eq!(applied_versions(&pool).await, Vec::<i64>::new());
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_lifecycle_down_refuses_while_it_holds_data(pool: PgPool) {
+    MIGRATOR.run(&pool).await.expect("up");
     sqlx::query(
         "INSERT INTO users (username, email, released_email, identity_provider, identity_sub, is_active)
          VALUES ('gone', 'deleted+x@deleted.invalid', 'gone@example.com', 'clerk', 'user_gone', false)",
@@ -340,41 +412,6 @@ async fn the_lifecycle_down_refuses_while_it_holds_data_and_locks_first(pool: Pg
         "{err}"
     );
     assert_eq!(users_shape(&pool).await, expected_users_shape());
-
-    // Empty of lifecycle data it goes down; but a writer that commits a role set by Clerk while the
-    // down waits for its lock makes it refuse, rather than drop what the writer wrote.
-    sqlx::query("DELETE FROM users")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut writer = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO users (username, email, role_source) VALUES ('w', 'w@example.com', 'clerk')",
-    )
-    .execute(&mut *writer)
-    .await
-    .unwrap();
-    let down = tokio::spawn({
-        let pool = pool.clone();
-        async move { MIGRATOR.undo(&pool, 4).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    writer.commit().await.unwrap();
-    let err = down
-        .await
-        .unwrap()
-        .expect_err("the committed row makes it refuse");
-    assert!(
-        err.to_string()
-            .contains("refusing to drop column users.role_source"),
-        "{err}"
-    );
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE role_source = 'clerk'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(kept, 1);
-
     sqlx::query("DELETE FROM users")
         .execute(&pool)
         .await

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -69,6 +69,8 @@ fn sandbox(args: &[&str], database: &str, overrides: &[(&str, &str)]) -> Run {
         ("PG_SANDBOX_USER", var("PG_SANDBOX_USER")),
         ("PG_SANDBOX_PASSWORD", PASSWORD.to_owned()),
         ("PG_SANDBOX_DATABASE", database.to_owned()),
+        // The emulator's CA: the default mode, verify-full, authenticates it with that.
+        ("PG_SANDBOX_SSLROOTCERT", var("PG_SANDBOX_SSLROOTCERT")),
     ];
     for (k, v) in overrides {
         vars.retain(|(name, _)| name != k);
@@ -329,7 +331,11 @@ async fn missing_variables_are_named_before_any_connection() {
     }
     let run = livermore_db(&["--env", "prod", "migrate"], &[]);
     assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("valid: local, sandbox"));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("possible values: local, sandbox"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 #[tokio::test]
@@ -364,7 +370,10 @@ async fn connection_failures_are_one_line_without_secrets() {
     let untrusted = sandbox(
         &["status"],
         "livermore_tls",
-        &[("PG_SANDBOX_SSLMODE", "verify-full")],
+        &[
+            ("PG_SANDBOX_SSLMODE", "verify-full"),
+            ("PG_SANDBOX_SSLROOTCERT", ""),
+        ],
     );
     assert!(
         one_line_error(&untrusted).contains("certificate"),
@@ -564,4 +573,541 @@ async fn a_locked_table_fails_fast_and_leaves_the_database_as_it_was() {
     // Without the lock it goes through.
     assert_eq!(sandbox(&["migrate"], "livermore_locked", &[]).code, 0);
     assert_eq!(applied_versions(&mut conn).await, all_versions());
+}
+
+/// A server that speaks just enough of PostgreSQL's protocol to capture a password, as a machine in
+/// the network path would: it accepts TLS with a self-signed certificate for `localhost` and
+/// `127.0.0.1`, then asks for the password in cleartext. Returns its port and the passwords that
+/// reached it.
+async fn password_catcher() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key_pair.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key.into())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                let mut ssl_request = [0u8; 8];
+                if tcp.read_exact(&mut ssl_request).await.is_err()
+                    || tcp.write_all(b"S").await.is_err()
+                {
+                    return;
+                }
+                // A client that verifies the certificate hangs up here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut len = [0u8; 4];
+                if tls.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                if tls.read_exact(&mut startup).await.is_err() {
+                    return;
+                }
+                // AuthenticationCleartextPassword.
+                if tls
+                    .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])
+                    .await
+                    .is_err()
+                    || tls.flush().await.is_err()
+                {
+                    return;
+                }
+                let mut header = [0u8; 5];
+                if tls.read_exact(&mut header).await.is_err() || header[0] != b'p' {
+                    return;
+                }
+                let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                let mut body = vec![0u8; len.saturating_sub(4)];
+                if tls.read_exact(&mut body).await.is_ok() {
+                    let password = String::from_utf8_lossy(&body)
+                        .trim_end_matches('\0')
+                        .to_owned();
+                    sink.lock().unwrap().push(password);
+                }
+            });
+        }
+    });
+    (port, captured)
+}
+
+/// [`sandbox`] off the async runtime, so that a server in this test can answer meanwhile.
+async fn sandbox_async(
+    args: &'static [&'static str],
+    overrides: Vec<(&'static str, String)>,
+) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let o: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sandbox(args, "livermore", &o)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_password_never_reaches_a_server_that_is_not_authenticated() {
+    let (port, captured) = password_catcher().await;
+    let port = port.to_string();
+    let emulator_ca = var("PG_SANDBOX_SSLROOTCERT");
+    for (mode, root) in [
+        ("", ""),                   // the default: verify-full against the public web roots
+        ("", emulator_ca.as_str()), // a private CA that did not sign this certificate
+        ("verify-full", ""),
+        ("verify-ca", emulator_ca.as_str()),
+    ] {
+        let run = sandbox_async(
+            &["status"],
+            vec![
+                ("PG_SANDBOX_PORT", port.clone()),
+                ("PG_SANDBOX_SSLMODE", mode.to_owned()),
+                ("PG_SANDBOX_SSLROOTCERT", root.to_owned()),
+            ],
+        )
+        .await;
+        let line = one_line_error(&run).to_owned();
+        assert!(
+            line.contains("certificate"),
+            "mode {mode:?} root {root:?}: {line}"
+        );
+        assert!(
+            captured.lock().unwrap().is_empty(),
+            "mode {mode:?} root {root:?} sent the password"
+        );
+    }
+
+    // The control, which shows the catcher works: `require`, asked for by name, does not
+    // authenticate the server, says so, and the password goes to it.
+    let run = sandbox_async(
+        &["status"],
+        vec![
+            ("PG_SANDBOX_PORT", port.clone()),
+            ("PG_SANDBOX_SSLMODE", "require".to_owned()),
+            ("PG_SANDBOX_SSLROOTCERT", String::new()),
+        ],
+    )
+    .await;
+    assert!(run.stderr.contains("NOT authenticated"), "{}", run.stderr);
+    assert_eq!(*captured.lock().unwrap(), [PASSWORD]);
+}
+
+#[tokio::test]
+async fn tls_modes_that_cannot_authenticate_are_usage_errors() {
+    let no_ca = sandbox(
+        &["status"],
+        "livermore_unused",
+        &[
+            ("PG_SANDBOX_SSLMODE", "verify-ca"),
+            ("PG_SANDBOX_SSLROOTCERT", ""),
+        ],
+    );
+    assert_eq!(no_ca.code, 2, "{}", no_ca.stderr);
+    assert!(
+        no_ca.stderr.contains("needs PG_SANDBOX_SSLROOTCERT"),
+        "{}",
+        no_ca.stderr
+    );
+    let ignored_ca = sandbox(
+        &["status"],
+        "livermore_unused",
+        &[("PG_SANDBOX_SSLMODE", "require")],
+    );
+    assert_eq!(ignored_ca.code, 2, "{}", ignored_ca.stderr);
+    // The default against the emulator, without its CA: refused before any password is sent.
+    let default = sandbox(
+        &["status"],
+        "livermore_unused",
+        &[("PG_SANDBOX_SSLROOTCERT", "")],
+    );
+    assert!(
+        one_line_error(&default).contains("certificate"),
+        "{}",
+        default.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_shells_libpq_variables_never_reach_the_sandbox() {
+    fresh("livermore_env").await;
+    let hostile = [
+        ("PGOPTIONS", "-c search_path=evil"),
+        ("PGSSLROOTCERT", "/nonexistent/root.crt"),
+        ("PGSSLCERT", "/nonexistent/client.crt"),
+        ("PGSSLKEY", "/nonexistent/client.key"),
+        ("PGSSLMODE", "disable"),
+        ("PGHOST", "evil.invalid"),
+        ("PGHOSTADDR", "192.0.2.1"),
+        ("PGPORT", "1"),
+        ("PGDATABASE", "evil"),
+        ("PGUSER", "evil"),
+        ("PGAPPNAME", "evil"),
+    ];
+    let run = sandbox(&["migrate"], "livermore_env", &hostile);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let mut conn = connect("livermore_env").await;
+    let (users, evil): (Option<String>, bool) = sqlx::query_as(
+        "SELECT to_regclass('public.users')::text, EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'evil')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(users.as_deref(), Some("users"), "the schema went to public");
+    assert!(!evil);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to one server process.
+fn signal(pid: i32, signal: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -s {signal} {pid}");
+}
+
+/// Resumes a stopped server process when dropped, so a failing test never leaves it stopped.
+struct Resume(i32);
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_ends_the_command_in_bounded_time() {
+    fresh("livermore_hang").await;
+    {
+        let mut admin = connect("postgres").await;
+        sqlx::raw_sql("CREATE DATABASE livermore_hang")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let mut conn = connect("livermore_hang").await;
+    livermore_db::MIGRATOR.run_to(4, &mut conn).await.unwrap();
+    // A holder keeps `users` locked, so that 0005 waits for it while the server stops answering.
+    let mut holder = connect("livermore_hang").await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_livermore-db"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LIVERMORE_COMMAND_TIMEOUT", "6")
+        .args(["--env", "sandbox", "migrate"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for k in [
+        "PG_SANDBOX_HOST",
+        "PG_SANDBOX_PORT",
+        "PG_SANDBOX_USER",
+        "PG_SANDBOX_SSLROOTCERT",
+    ] {
+        cmd.env(k, var(k));
+    }
+    cmd.env("PG_SANDBOX_PASSWORD", PASSWORD)
+        .env("PG_SANDBOX_DATABASE", "livermore_hang");
+    let started = std::time::Instant::now();
+    let child = cmd.spawn().expect("start livermore-db");
+
+    // The command's session, waiting on the lock: stop its server process (SIGSTOP), as a server that
+    // hangs or a network that drops packets would look to the command.
+    let backend = loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = 'livermore_hang' AND application_name = 'livermore-db'
+               AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "the command never waited on the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    signal(backend, "STOP");
+    let resume = Resume(backend);
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let elapsed = started.elapsed();
+    drop(resume);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no result within 6 s"), "{stderr}");
+    assert!(elapsed.as_secs() < 15, "{elapsed:?}");
+
+    // Nothing half-applied: once the server answers again, 0005 is not recorded and its columns
+    // are not there.
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (versions, released): (Vec<i64>, bool) = sqlx::query_as(
+        "SELECT (SELECT array_agg(version ORDER BY version) FROM _sqlx_migrations WHERE success),
+                EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'users'::regclass
+                        AND attname = 'released_email')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((versions, released), (vec![1, 2, 3, 4], false));
+}
+
+#[tokio::test]
+async fn adoption_refuses_a_shape_other_than_the_migrations_create() {
+    let fixture = include_str!("fixtures/old_schema_with_iam.sql");
+    // (database, edits to the fixture, what the command must say)
+    type Variant = (
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+    );
+    let variants: [Variant; 6] = [
+        (
+            "livermore_shape_nullable_role",
+            vec![(
+                "role varchar(20) NOT NULL DEFAULT 'user'",
+                "role varchar(20) DEFAULT 'user'",
+            )],
+            "column role is `character varying(20) DEFAULT 'user'::character varying`",
+        ),
+        (
+            "livermore_shape_index",
+            vec![(
+                "CREATE UNIQUE INDEX users_identity",
+                "CREATE INDEX users_identity",
+            )],
+            "index users_identity_provider_sub_idx is `CREATE INDEX",
+        ),
+        (
+            "livermore_shape_role_length",
+            vec![
+                ("role varchar(20)", "role varchar(10)"),
+                ("'subscriber_pro'", "'admin'"),
+            ],
+            "column role is `character varying(10)",
+        ),
+        (
+            "livermore_shape_email_key",
+            vec![(
+                "CONSTRAINT users_email_unique UNIQUE",
+                "CONSTRAINT users_email_key UNIQUE",
+            )],
+            "constraint users_email_unique is missing",
+        ),
+        (
+            "livermore_shape_sub_text",
+            vec![("identity_sub varchar(255)", "identity_sub text")],
+            "column identity_sub is `text`",
+        ),
+        (
+            "livermore_shape_elsewhere",
+            vec![
+                (
+                    "CREATE TABLE users (",
+                    "CREATE SCHEMA legacy; CREATE TABLE legacy.users (",
+                ),
+                (
+                    "ON users (identity_provider",
+                    "ON legacy.users (identity_provider",
+                ),
+                ("REFERENCES users (id)", "REFERENCES legacy.users (id)"),
+                ("INSERT INTO users", "INSERT INTO legacy.users"),
+            ],
+            "",
+        ),
+    ];
+    for (database, edits, expected) in variants {
+        fresh(database).await;
+        create(database).await;
+        let mut sql = fixture.to_owned();
+        for (from, to) in edits {
+            assert!(
+                sql.contains(from),
+                "{database}: the fixture has no {from:?}"
+            );
+            sql = sql.replace(from, to);
+        }
+        let mut conn = connect(database).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        if database.ends_with("elsewhere") {
+            let set = format!("ALTER DATABASE {database} SET search_path = public, legacy");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let before = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+        let run = sandbox(&["migrate"], database, &[]);
+        let line = one_line_error(&run).to_owned();
+        if database.ends_with("elsewhere") {
+            assert!(
+                line.contains(r#"a table users exists in schema "legacy""#),
+                "{database}: {line}"
+            );
+        } else {
+            assert!(line.contains("refusing to adopt"), "{database}: {line}");
+            assert!(run.stdout.contains(expected), "{database}:\n{}", run.stdout);
+        }
+        let mut conn = connect(database).await;
+        let (after, recorded): (i64, bool) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace),
+                    to_regclass('public._sqlx_migrations') IS NOT NULL",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            (after, recorded),
+            (before, false),
+            "{database}: nothing changed"
+        );
+    }
+}
+
+/// The dev cluster's folder, as `scripts/local-db.sh status` says.
+fn dev_cluster_dir() -> std::path::PathBuf {
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-db.sh"))
+        .arg("status")
+        .env_remove("LIVERMORE_DATABASE_URL")
+        .output()
+        .expect("run local-db.sh status");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let dir = text
+        .split("files in ")
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no folder in {text}"));
+    std::path::PathBuf::from(dir)
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn the_dev_cluster_is_its_owners_alone() {
+    let url =
+        std::env::var("DATABASE_URL").expect("DATABASE_URL: the dev cluster (make test sets it)");
+    let with = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
+    // Without the password (any local user's view of it): refused.
+    let without = PgConnectOptions::new_without_pgpass()
+        .host(with.get_host())
+        .port(with.get_port())
+        .username(with.get_username())
+        .database("postgres");
+    let err = without
+        .connect()
+        .await
+        .expect_err("a TCP connection without the password");
+    assert!(err.to_string().contains("password"), "{err}");
+    let wrong = without.clone().password("guess");
+    let err = wrong.connect().await.expect_err("a wrong password");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+    with.connect().await.expect("with the cluster's password");
+
+    let dir = dev_cluster_dir();
+    assert_eq!(mode(&dir.join("socket")), 0o700, "{}", dir.display());
+    assert_eq!(mode(&dir.join("password")), 0o600);
+    assert_eq!(mode(&dir), 0o700);
+}
+
+#[tokio::test]
+async fn a_fallback_folder_planted_by_someone_else_is_refused() {
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+    {
+        eprintln!("not root: the fallback folder is only used as root; nothing to check");
+        return;
+    }
+    let up = |base: &std::path::Path| {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-db.sh"))
+            .arg("up")
+            .env_remove("LIVERMORE_DATABASE_URL")
+            .env("LOCAL_PG_BASE", base)
+            .env("LOCAL_PG_PORT", "54398")
+            .output()
+            .expect("run local-db.sh up")
+    };
+    let root = std::env::temp_dir().join(format!("livermore-plant-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let target = root.join("elsewhere");
+    std::fs::create_dir_all(&target).unwrap();
+
+    // A link to a folder of the attacker's choosing.
+    let link = root.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = up(&link);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+
+    // A folder someone else made first (here: owned by nobody, open to all).
+    let planted = root.join("planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    assert!(
+        Command::new("chown")
+            .args(["nobody"])
+            .arg(&planted)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = up(&planted);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to nobody"));
+
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    assert_eq!(
+        std::fs::read_dir(&planted).unwrap().count(),
+        0,
+        "nothing written into it"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
 }

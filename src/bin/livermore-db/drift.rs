@@ -16,7 +16,7 @@ const SCRATCH: &str = "livermore_db_drift_scratch";
 
 /// One table as the catalog describes it, keyed by name for comparing.
 #[derive(Debug, Default, PartialEq)]
-struct Table {
+pub struct Table {
     /// name → `type NOT NULL DEFAULT …`
     columns: BTreeMap<String, String>,
     /// name → definition (and `NOT VALID` where it is)
@@ -163,16 +163,18 @@ fn differences(live: &BTreeMap<String, Table>, expected: &BTreeMap<String, Table
     out
 }
 
-/// `drift`: prints each difference; `Ok(false)` (exit status 1) when there is any.
-pub async fn drift(target: &Target) -> Result<bool, Failure> {
-    println!("target: {}", target.shown);
-    let mut conn = target.connect_existing().await?;
-    let fail = |e: sqlx::Error| {
-        Failure::new(target.scrub(format!("drift check failed: {}", describe(&e))))
-    };
-
+/// The schema the migrations build (applied to a scratch schema) and the live one, read inside one
+/// transaction that is rolled back: nothing is left behind. With `apply_pending`, the live schema is
+/// read after the pending migrations have run on it inside that transaction, so that what adopting a
+/// database would leave can be checked before anything is recorded.
+pub async fn reference_and_live(
+    conn: &mut PgConnection,
+    apply_pending: bool,
+) -> Result<(BTreeMap<String, Table>, BTreeMap<String, Table>), Failure> {
+    let fail =
+        |e: sqlx::Error| Failure::new(format!("reading the schema failed: {}", describe(&e)));
     let live_schema = sqlx::query_scalar!(r#"SELECT current_schema() AS "schema!""#)
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(fail)?;
 
@@ -187,20 +189,77 @@ pub async fn drift(target: &Target) -> Result<bool, Failure> {
     .fetch_one(&mut *tx)
     .await
     .map_err(fail)?;
-    let mut reference = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
-    reference.set_locking(false);
-    reference.run(&mut *tx).await.map_err(|e| {
-        Failure::new(target.scrub(format!(
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.set_locking(false);
+    migrator.run(&mut *tx).await.map_err(|e| {
+        Failure::new(format!(
             "building the reference schema from the migrations failed: {e}"
-        )))
+        ))
     })?;
     let expected = read_schema(&mut tx, SCRATCH, None).await.map_err(fail)?;
+    if apply_pending {
+        sqlx::query_scalar!(
+            r#"SELECT set_config('search_path', quote_ident($1), true) AS "path!""#,
+            live_schema
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(fail)?;
+        migrator
+            .run(&mut *tx)
+            .await
+            .map_err(|e| Failure::new(format!("trying the pending migrations failed: {e}")))?;
+    }
     let managed: Vec<String> = expected.keys().cloned().collect();
     let live = read_schema(&mut tx, &live_schema, Some(&managed))
         .await
         .map_err(fail)?;
     tx.rollback().await.map_err(fail)?;
+    Ok((expected, live))
+}
 
+/// What an adopted database would lack or hold differently from what the migrations create: every
+/// column, constraint and index of the reference must be there with the same definition (a check
+/// left `NOT VALID` over old rows is accepted); objects of its own beside them are allowed.
+pub fn adoption_mismatches(
+    live: &BTreeMap<String, Table>,
+    expected: &BTreeMap<String, Table>,
+) -> Vec<String> {
+    let strip = |d: &str| d.trim_end_matches(" NOT VALID").to_owned();
+    let mut out = Vec::new();
+    for (name, want) in expected {
+        let Some(have) = live.get(name) else {
+            out.push(format!("table {name} is missing"));
+            continue;
+        };
+        let kinds = [
+            ("column", &have.columns, &want.columns),
+            ("constraint", &have.constraints, &want.constraints),
+            ("index", &have.indexes, &want.indexes),
+        ];
+        for (kind, have, want) in kinds {
+            for (object, definition) in want {
+                match have.get(object) {
+                    None => out.push(format!(
+                        "{name}: {kind} {object} is missing (the migrations create: {definition})"
+                    )),
+                    Some(d) if strip(d) != strip(definition) => out.push(format!(
+                        "{name}: {kind} {object} is `{d}`, the migrations create `{definition}`"
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `drift`: prints each difference; `Ok(false)` (exit status 1) when there is any.
+pub async fn drift(target: &Target) -> Result<bool, Failure> {
+    println!("target: {}", target.shown);
+    let mut conn = target.connect_existing().await?;
+    let (expected, live) = reference_and_live(&mut conn, false).await?;
+    let managed: Vec<String> = expected.keys().cloned().collect();
     let diffs = differences(&live, &expected);
     if diffs.is_empty() {
         println!(

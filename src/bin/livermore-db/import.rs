@@ -96,11 +96,11 @@ pub async fn import_clerk(
                 livermore_db::Error::Database(db) => describe(db),
                 other => other.to_string(),
             };
-            Failure::new(target.scrub(format!(
+            Failure::new(format!(
                 "import stopped after {} of {} users (batches before it are kept): {reason}",
                 bar.position(),
                 valid.len()
-            )))
+            ))
         })?;
         report.merge(done);
         bar.inc(batch.len() as u64);

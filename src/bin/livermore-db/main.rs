@@ -1,138 +1,171 @@
-//! `livermore-db`: the operator's command for the IAM schema. `make migrate`, `make migrate-status` and
-//! `make drift` call it; run `livermore-db help` for the commands.
+//! `livermore-db`: the operator's command for the IAM schema. `make migrate`, `make migrate-status`,
+//! `make drift` and `make import-clerk` call it; `livermore-db --help` lists the commands.
 //!
 //! Exit status: 0 when done (and, for `drift`, when there is no drift), 1 on any failure or difference,
 //! 2 on a usage error. A failure is one line on stderr, without a stack trace or a secret.
+//!
+//! It reads only its own variables: `LIVERMORE_DATABASE_URL` (`--env local`), `PG_SANDBOX_*`
+//! (`--env sandbox`), `LIVERMORE_STATEMENT_TIMEOUT` and `LIVERMORE_COMMAND_TIMEOUT`. The shell's
+//! libpq variables (`PGOPTIONS`, `PGSSLROOTCERT`, `PGHOST`, …), which sqlx would read, are removed
+//! before anything connects.
 
 mod drift;
 mod import;
 mod migrate;
 mod target;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use target::{ENVS, Failure, Target};
+use clap::{Parser, Subcommand, ValueEnum};
+use target::{Failure, Target};
 
-const USAGE: &str = "\
-usage: livermore-db [--env local|sandbox] <command> [options]
+/// The operator's command for livermore-db's IAM schema.
+#[derive(Parser)]
+#[command(
+    name = "livermore-db",
+    after_help = "environments:
+  local    LIVERMORE_DATABASE_URL (make sets it to the project-local database)
+  sandbox  PG_SANDBOX_HOST, PG_SANDBOX_USER, PG_SANDBOX_PASSWORD (required); PG_SANDBOX_PORT (5432),
+           PG_SANDBOX_DATABASE (livermore), PG_SANDBOX_SSLMODE (verify-full, the default | verify-ca |
+           require), PG_SANDBOX_SSLROOTCERT (a CA file, trusted beside the public web roots)
 
-commands:
-  migrate     create the database if missing, then apply the pending migrations, each one said
-              (--dry-run: say what would be done, change nothing)
-  status      list the migrations: applied, pending, mismatched (edited after being applied)
-  drift       compare the live schema of the managed tables with the migrations; exit 1 on any difference
-  import-clerk FILE [--batch-size N]
-              apply Clerk users (a JSON array, or one JSON object a line) as a backfill, N a statement
-              (default 10000); prints a summary; exit 1 when any record was rejected
-
-environments:
-  local       LIVERMORE_DATABASE_URL (make sets it to the project-local database)
-  sandbox     PG_SANDBOX_HOST, PG_SANDBOX_USER, PG_SANDBOX_PASSWORD (required); PG_SANDBOX_PORT (5432),
-              PG_SANDBOX_DATABASE (livermore), PG_SANDBOX_SSLMODE (require | verify-ca | verify-full),
-              PG_SANDBOX_SSLROOTCERT (a CA file for verify-*); always over TLS";
-
-struct Args {
-    env: String,
-    command: String,
-    file: Option<String>,
-    dry_run: bool,
-    batch_size: usize,
+timeouts:
+  LIVERMORE_STATEMENT_TIMEOUT  seconds a statement may run on the server (default 900)
+  LIVERMORE_COMMAND_TIMEOUT    seconds the whole command may take, a silent server included (default 3600)"
+)]
+struct Cli {
+    /// Which database.
+    #[arg(long, value_enum, default_value_t = Env::Local, global = true)]
+    env: Env,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut env = "local".to_owned();
-    let mut command = None;
-    let mut file = None;
-    let mut dry_run = false;
-    let mut batch_size = livermore_db::clerk::DEFAULT_BATCH_SIZE;
-    let mut positional_only = false;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            // After `--`, a FILE may start with `-`.
-            "--" if !positional_only => positional_only = true,
-            s if positional_only
-                && command.as_deref() == Some("import-clerk")
-                && file.is_none() =>
-            {
-                file = Some(s.to_owned())
-            }
-            s if positional_only => return Err(format!("unexpected argument {s}")),
-            "--env" => env = args.next().ok_or("--env needs a value")?,
-            "--dry-run" => dry_run = true,
-            "--batch-size" => {
-                batch_size = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or("--batch-size needs a positive number")?;
-            }
-            "-h" | "--help" | "help" => return Err(String::new()),
-            s if s.starts_with("--env=") => env = s["--env=".len()..].to_owned(),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            s if command.is_none() => command = Some(s.to_owned()),
-            s if command.as_deref() == Some("import-clerk") && file.is_none() => {
-                file = Some(s.to_owned())
-            }
-            s => return Err(format!("unexpected argument {s}")),
-        }
-    }
-    if !ENVS.contains(&env.as_str()) {
-        return Err(format!(
-            "unknown environment {env:?}; valid: {}",
-            ENVS.join(", ")
-        ));
-    }
-    let command = command.ok_or("no command given")?;
-    if dry_run && command != "migrate" {
-        return Err("--dry-run goes with migrate".to_owned());
-    }
-    if command == "import-clerk" && file.is_none() {
-        return Err("import-clerk needs a FILE".to_owned());
-    }
-    Ok(Args {
-        env,
-        command,
-        file,
-        dry_run,
-        batch_size,
-    })
+#[derive(Clone, Copy, ValueEnum)]
+enum Env {
+    /// LIVERMORE_DATABASE_URL.
+    Local,
+    /// The managed sandbox, from PG_SANDBOX_*, always over authenticated TLS.
+    Sandbox,
 }
 
-async fn run(args: Args) -> Result<bool, Failure> {
-    let target = Target::from_env(&args.env)?;
-    match args.command.as_str() {
-        "migrate" => migrate::migrate(&target, args.dry_run).await,
-        "status" => migrate::status(&target).await,
-        "drift" => drift::drift(&target).await,
-        "import-clerk" => {
-            let file = args.file.unwrap_or_default();
-            import::import_clerk(&target, std::path::Path::new(&file), args.batch_size).await
-        }
-        other => Err(Failure::new(format!(
-            "unknown command {other:?}; valid: migrate, status, drift, import-clerk"
-        ))),
-    }
+#[derive(Subcommand)]
+enum Command {
+    /// Create the database if missing, then apply the pending migrations, each one said.
+    Migrate {
+        /// Say what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the migrations: applied, pending, mismatched (edited after being applied).
+    Status,
+    /// Compare the live schema of the managed tables with the migrations; exit 1 on any difference.
+    Drift,
+    /// Apply Clerk users (a JSON array, or one JSON object a line) as a backfill; exit 1 when any
+    /// record was rejected.
+    ImportClerk {
+        /// The file of Clerk users.
+        file: PathBuf,
+        /// Records per batch.
+        #[arg(long, default_value_t = livermore_db::clerk::DEFAULT_BATCH_SIZE, value_parser = positive)]
+        batch_size: usize,
+    },
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(problem) if problem.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(problem) => {
-            eprintln!("error: {problem}\n{USAGE}");
-            return ExitCode::from(2);
+fn positive(s: &str) -> Result<usize, String> {
+    s.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "a positive number".to_owned())
+}
+
+const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 60 * 60;
+
+/// The outcome of a command: done, or done with a difference or rejected records (exit status 1).
+enum Done {
+    Ok,
+    Differs,
+}
+
+async fn run(target: &Target, command: Command) -> Result<Done, Failure> {
+    let ok = match command {
+        Command::Migrate { dry_run } => migrate::migrate(target, dry_run).await?,
+        Command::Status => migrate::status(target).await?,
+        Command::Drift => drift::drift(target).await?,
+        Command::ImportClerk { file, batch_size } => {
+            import::import_clerk(target, &file, batch_size).await?
         }
     };
-    match run(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(Failure(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
+    Ok(if ok { Done::Ok } else { Done::Differs })
+}
+
+/// The one place a failure is printed: with the target's password scrubbed out, should any layer
+/// below ever have echoed it.
+fn fail(target: Option<&Target>, failure: Failure) -> ExitCode {
+    let message = match target {
+        Some(target) => target.scrub(failure.message),
+        None => failure.message,
+    };
+    eprintln!("error: {message}");
+    ExitCode::from(if failure.usage { 2 } else { 1 })
+}
+
+/// Removes the libpq variables sqlx reads from the environment (`PG_SANDBOX_*` are ours and stay).
+/// Runs before any thread exists.
+fn forget_libpq_environment() {
+    let names: Vec<_> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("PG") && !k.starts_with("PG_SANDBOX_"))
+        .collect();
+    for name in names {
+        // SAFETY: called first thing in `main`, before the runtime or any other thread starts, so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
+}
+
+fn main() -> ExitCode {
+    forget_libpq_environment();
+    let cli = Cli::parse();
+    let deadline = std::env::var("LIVERMORE_COMMAND_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_COMMAND_TIMEOUT_SECS);
+    let target = match cli.env {
+        Env::Local => Target::local(),
+        Env::Sandbox => Target::sandbox(|name| std::env::var(name).ok()),
+    };
+    let target = match target {
+        Ok(target) => target,
+        Err(failure) => return fail(None, failure),
+    };
+    if let Some(warning) = &target.warning {
+        eprintln!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    let result = runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(deadline), run(&target, cli.command)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(format!(
+                "no result within {deadline} s (LIVERMORE_COMMAND_TIMEOUT): gave up; a migration in progress is rolled back by the server"
+            ))),
+        }
+    });
+    match result {
+        Ok(Done::Ok) => ExitCode::SUCCESS,
+        Ok(Done::Differs) => ExitCode::FAILURE,
+        Err(failure) => fail(Some(&target), failure),
     }
 }

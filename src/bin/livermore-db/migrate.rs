@@ -142,7 +142,7 @@ pub async fn status(target: &Target) -> Result<bool, Failure> {
     };
     let applied = read_applied(&mut conn)
         .await
-        .map_err(|e| Failure::new(target.scrub(describe(&e))))?;
+        .map_err(|e| Failure::new(describe(&e)))?;
     let states = states_of(&applied);
     print_states(&states);
     Ok(check_consistent(&states).is_ok())
@@ -173,7 +173,7 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
 
     let applied = read_applied(&mut conn)
         .await
-        .map_err(|e| Failure::new(target.scrub(describe(&e))))?;
+        .map_err(|e| Failure::new(describe(&e)))?;
     let states = states_of(&applied);
     check_consistent(&states)?;
     let pending: Vec<&Migration> = states
@@ -183,6 +183,10 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
             _ => None,
         })
         .collect();
+
+    if !pending.is_empty() {
+        check_adoption(&mut conn, &pending).await?;
+    }
 
     if dry_run {
         for m in &pending {
@@ -202,7 +206,7 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
         MIGRATOR
             .run_to(m.version, &mut conn)
             .await
-            .map_err(|e| migrate_failure(target, &e))?;
+            .map_err(|e| migrate_failure(&e))?;
         println!(
             "applied {} ({} ms)",
             label(m.version, &m.description),
@@ -215,12 +219,56 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
     println!("now:");
     let applied = read_applied(&mut conn)
         .await
-        .map_err(|e| Failure::new(target.scrub(describe(&e))))?;
+        .map_err(|e| Failure::new(describe(&e)))?;
     print_states(&states_of(&applied));
     Ok(true)
 }
 
-fn migrate_failure(target: &Target, e: &MigrateError) -> Failure {
+/// Before a database whose `users` was not made by these migrations is adopted: refuses a `users`
+/// that lives in another schema on the search path (the migrations would create a second, empty one),
+/// and tries the pending migrations in a transaction that is rolled back, comparing what they would
+/// leave with what they create on an empty database. Any difference (a nullable `role`, a length, a
+/// non-unique index, a constraint under another name, …) is listed and nothing is changed.
+async fn check_adoption(conn: &mut PgConnection, pending: &[&Migration]) -> Result<(), Failure> {
+    let found = sqlx::query!(
+        r#"SELECT current_schema() AS "current",
+                  to_regclass(quote_ident(current_schema()) || '.users') IS NOT NULL AS "here!",
+                  (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE c.relname = 'users' AND c.relkind IN ('r', 'p')
+                     AND n.nspname = ANY (current_schemas(false))
+                     AND n.nspname IS DISTINCT FROM current_schema()
+                   LIMIT 1) AS "elsewhere""#
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| Failure::new(describe(&e)))?;
+    if let (false, Some(schema)) = (found.here, &found.elsewhere) {
+        return Err(Failure::new(format!(
+            "refusing to migrate: a table users exists in schema {schema:?} on the search path, not in {:?} where the migrations work; they would create a second, empty users. Set the role's search_path (ALTER ROLE … SET search_path) so that the schema holding users comes first, or move the table",
+            found.current.as_deref().unwrap_or("(no schema)")
+        )));
+    }
+    let adopting = found.here && pending.iter().any(|m| m.version == 1);
+    if !adopting {
+        return Ok(());
+    }
+    let (expected, live) = crate::drift::reference_and_live(conn, true).await?;
+    let mismatches = crate::drift::adoption_mismatches(&live, &expected);
+    if mismatches.is_empty() {
+        println!("adopting an existing users table: its shape matches what the migrations create");
+        return Ok(());
+    }
+    println!("the existing users table differs from what the migrations create:");
+    for m in &mismatches {
+        println!("  - {m}");
+    }
+    Err(Failure::new(format!(
+        "refusing to adopt this database: {} difference(s) from what the migrations create (listed above); nothing was changed. Fix the table by hand to match, then migrate again",
+        mismatches.len()
+    )))
+}
+
+fn migrate_failure(e: &MigrateError) -> Failure {
     let message = match e {
         MigrateError::ExecuteMigration(inner, version) => {
             let description = up_migrations()
@@ -238,5 +286,5 @@ fn migrate_failure(target: &Target, e: &MigrateError) -> Failure {
         }
         other => format!("migrating failed: {other}"),
     };
-    Failure::new(target.scrub(message))
+    Failure::new(message)
 }

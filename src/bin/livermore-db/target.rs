@@ -10,19 +10,51 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgConnection};
 
-/// The environments `--env` accepts.
-pub const ENVS: &[&str] = &["local", "sandbox"];
-
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A command's failure: one line for the operator, already free of secrets.
 #[derive(Debug)]
-pub struct Failure(pub String);
+pub struct Failure {
+    pub message: String,
+    /// A usage error (exit status 2) rather than a failure of the command (1).
+    pub usage: bool,
+}
 
 impl Failure {
     pub fn new(message: impl Into<String>) -> Self {
-        Failure(message.into())
+        Failure {
+            message: message.into(),
+            usage: false,
+        }
     }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            usage: true,
+        }
+    }
+}
+
+/// The server-side statement timeout of every session (`LIVERMORE_STATEMENT_TIMEOUT`, seconds).
+const DEFAULT_STATEMENT_TIMEOUT_SECS: u64 = 15 * 60;
+
+/// Every session: a statement timeout, and server-side TCP keepalives so that a session whose
+/// operator vanished is ended (and its locks freed) within minutes. sqlx sets no client-side TCP
+/// keepalive; the command's own deadline (`LIVERMORE_COMMAND_TIMEOUT`, see `main`) bounds a server
+/// that stops answering.
+fn bounded(options: PgConnectOptions) -> PgConnectOptions {
+    let statement = std::env::var("LIVERMORE_STATEMENT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_STATEMENT_TIMEOUT_SECS);
+    options.options([
+        ("statement_timeout", format!("{statement}s")),
+        ("tcp_keepalives_idle", "60".to_owned()),
+        ("tcp_keepalives_interval", "10".to_owned()),
+        ("tcp_keepalives_count", "6".to_owned()),
+    ])
 }
 
 /// A database to work on.
@@ -32,6 +64,8 @@ pub struct Target {
     /// `user:***@host:port/database`.
     pub shown: String,
     pub database: String,
+    /// Said once on stderr before the command runs (an unauthenticated server, say).
+    pub warning: Option<String>,
 }
 
 fn mask(options: &PgConnectOptions, has_password: bool, database: &str) -> String {
@@ -50,20 +84,8 @@ fn mask(options: &PgConnectOptions, has_password: bool, database: &str) -> Strin
 }
 
 impl Target {
-    /// The target for `--env NAME`, from the environment.
-    pub fn from_env(env: &str) -> Result<Target, Failure> {
-        match env {
-            "local" => Target::local(),
-            "sandbox" => Target::sandbox(|name| std::env::var(name).ok()),
-            other => Err(Failure::new(format!(
-                "unknown environment {other:?}; valid: {}",
-                ENVS.join(", ")
-            ))),
-        }
-    }
-
     /// `LIVERMORE_DATABASE_URL`, which `make` sets to the project-local database unless you set it.
-    fn local() -> Result<Target, Failure> {
+    pub fn local() -> Result<Target, Failure> {
         let url = std::env::var("LIVERMORE_DATABASE_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -77,11 +99,13 @@ impl Target {
             .get_database()
             .unwrap_or(options.get_username())
             .to_owned();
+        let options = bounded(options);
         Ok(Target {
             shown: mask(&options, password.is_some(), &database),
             options,
             password,
             database,
+            warning: None,
         })
     }
 
@@ -109,17 +133,49 @@ impl Target {
             })?,
         };
         let database = get("PG_SANDBOX_DATABASE").unwrap_or_else(|| "livermore".to_owned());
+        let root_cert = match get("PG_SANDBOX_SSLROOTCERT") {
+            None => None,
+            Some(cert) => {
+                let path = PathBuf::from(cert);
+                if !path.is_file() {
+                    return Err(Failure::usage(format!(
+                        "PG_SANDBOX_SSLROOTCERT {} is not a readable file",
+                        path.display()
+                    )));
+                }
+                Some(path)
+            }
+        };
+        // The server is authenticated unless the operator names `require`: the password goes only to
+        // a server whose certificate chains to a trusted CA (and, by default, names the host).
+        let mut warning = None;
         let ssl_mode = match get("PG_SANDBOX_SSLMODE").as_deref() {
-            None | Some("require") => PgSslMode::Require,
+            None | Some("verify-full") => PgSslMode::VerifyFull,
+            Some("verify-ca") if root_cert.is_none() => {
+                return Err(Failure::usage(
+                    "PG_SANDBOX_SSLMODE=verify-ca needs PG_SANDBOX_SSLROOTCERT (the CA that signs the server's certificate); without it, use verify-full",
+                ));
+            }
             Some("verify-ca") => PgSslMode::VerifyCa,
-            Some("verify-full") => PgSslMode::VerifyFull,
+            Some("require") if root_cert.is_some() => {
+                return Err(Failure::usage(
+                    "PG_SANDBOX_SSLROOTCERT is ignored by PG_SANDBOX_SSLMODE=require, which checks no certificate: use verify-full (or verify-ca)",
+                ));
+            }
+            Some("require") => {
+                warning = Some(
+                    "warning: PG_SANDBOX_SSLMODE=require: the connection is encrypted but the server is NOT authenticated; anyone in the network path can receive the password".to_owned(),
+                );
+                PgSslMode::Require
+            }
             Some(other) => {
-                return Err(Failure::new(format!(
-                    "PG_SANDBOX_SSLMODE {other:?} is not allowed: the sandbox needs TLS; valid: require, verify-ca, verify-full"
+                return Err(Failure::usage(format!(
+                    "PG_SANDBOX_SSLMODE {other:?} is not allowed: the sandbox needs TLS; valid: verify-full (the default), verify-ca, require"
                 )));
             }
         };
-        // Every part explicitly, so that no PG* variable of the operator's shell leaks in.
+        // Every part explicitly; `main` has removed the shell's PG* variables, which sqlx would
+        // otherwise read (PGOPTIONS, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, …).
         let mut options = PgConnectOptions::new_without_pgpass()
             .host(&host)
             .port(port)
@@ -128,21 +184,16 @@ impl Target {
             .database(&database)
             .ssl_mode(ssl_mode)
             .application_name("livermore-db");
-        if let Some(cert) = get("PG_SANDBOX_SSLROOTCERT") {
-            let path = PathBuf::from(cert);
-            if !path.is_file() {
-                return Err(Failure::new(format!(
-                    "PG_SANDBOX_SSLROOTCERT {} is not a readable file",
-                    path.display()
-                )));
-            }
+        if let Some(path) = root_cert {
             options = options.ssl_root_cert(path);
         }
+        let options = bounded(options);
         Ok(Target {
             shown: mask(&options, true, &database),
             options,
             password: Some(password),
             database,
+            warning,
         })
     }
 
@@ -193,7 +244,7 @@ impl Target {
             Err(e) => Err(Failure::new(format!(
                 "cannot create database {:?}: {}",
                 self.database,
-                self.scrub(describe(&e))
+                describe(&e)
             ))),
         }
     }
@@ -206,11 +257,7 @@ impl Target {
             e => describe(e),
         };
         // Only the driver's words are scrubbed: the target is ours and already masked.
-        Failure::new(format!(
-            "cannot connect to {}: {}",
-            self.shown,
-            self.scrub(reason)
-        ))
+        Failure::new(format!("cannot connect to {}: {}", self.shown, reason))
     }
 }
 
@@ -275,12 +322,12 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(
-            err.0,
+            err.message,
             "missing required environment variables: PG_SANDBOX_HOST, PG_SANDBOX_PASSWORD"
         );
         let err = Target::sandbox(vars(&[])).err().unwrap();
         assert!(
-            err.0
+            err.message
                 .contains("PG_SANDBOX_HOST, PG_SANDBOX_USER, PG_SANDBOX_PASSWORD")
         );
     }
@@ -309,6 +356,7 @@ mod tests {
         for (mode, ok) in [
             ("require", true),
             ("verify-full", true),
+            ("verify-ca", false),
             ("disable", false),
             ("prefer", false),
         ] {
@@ -316,6 +364,18 @@ mod tests {
             v.push(("PG_SANDBOX_SSLMODE", mode));
             assert_eq!(Target::sandbox(vars(&v)).is_ok(), ok, "{mode}");
         }
+        let t = Target::sandbox(vars(&base)).ok().unwrap();
+        assert!(
+            matches!(t.options.get_ssl_mode(), PgSslMode::VerifyFull),
+            "the default"
+        );
+        assert!(t.warning.is_none());
+        let mut v = base.to_vec();
+        v.push(("PG_SANDBOX_SSLMODE", "require"));
+        let t = Target::sandbox(vars(&v)).ok().unwrap();
+        assert!(t.warning.unwrap().contains("NOT authenticated"));
+        v.push(("PG_SANDBOX_SSLROOTCERT", "Cargo.toml"));
+        assert!(Target::sandbox(vars(&v)).err().unwrap().usage);
         let mut v = base.to_vec();
         v.push(("PG_SANDBOX_PORT", "not-a-port"));
         assert!(Target::sandbox(vars(&v)).is_err());
