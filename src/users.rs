@@ -159,7 +159,10 @@ pub async fn find_by_identity(
 ) -> Result<Option<User>, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT * FROM users
+        r#"SELECT id, username, email, is_active, created_at, updated_at, identity_provider,
+                  identity_sub, display_name, identity_picture_url, role, last_login_at,
+                  identity_updated_at, identity_role_updated_at, role_source, released_email
+           FROM users
            WHERE identity_provider = $1 AND identity_sub = $2"#,
         identity.provider.as_str(),
         identity.subject.as_str(),
@@ -173,7 +176,10 @@ pub async fn find_by_identity(
 pub async fn find_by_id(executor: impl PgExecutor<'_>, id: UserId) -> Result<Option<User>, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT * FROM users
+        r#"SELECT id, username, email, is_active, created_at, updated_at, identity_provider,
+                  identity_sub, display_name, identity_picture_url, role, last_login_at,
+                  identity_updated_at, identity_role_updated_at, role_source, released_email
+           FROM users
            WHERE id = $1"#,
         id.0,
     )
@@ -190,7 +196,10 @@ pub async fn find_by_email(
 ) -> Result<Option<User>, Error> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT * FROM users
+        r#"SELECT id, username, email, is_active, created_at, updated_at, identity_provider,
+                  identity_sub, display_name, identity_picture_url, role, last_login_at,
+                  identity_updated_at, identity_role_updated_at, role_source, released_email
+           FROM users
            WHERE email = $1"#,
         email.as_str(),
     )
@@ -556,7 +565,9 @@ async fn link_identity_on(
            SET identity_provider = $2, identity_sub = $3, updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
              AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
-           RETURNING *"#,
+           RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
+                     identity_sub, display_name, identity_picture_url, role, last_login_at,
+                     identity_updated_at, identity_role_updated_at, role_source, released_email"#,
         id.0,
         identity.provider.as_str(),
         identity.subject.as_str(),
@@ -599,7 +610,9 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
         r#"UPDATE users
            SET last_login_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
-           RETURNING *"#,
+           RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
+                     identity_sub, display_name, identity_picture_url, role, last_login_at,
+                     identity_updated_at, identity_role_updated_at, role_source, released_email"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -625,7 +638,9 @@ pub async fn set_role(
                identity_role_updated_at = now() AT TIME ZONE 'UTC',
                updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
-           RETURNING *"#,
+           RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
+                     identity_sub, display_name, identity_picture_url, role, last_login_at,
+                     identity_updated_at, identity_role_updated_at, role_source, released_email"#,
         id.0,
         role as Role,
     )
@@ -641,7 +656,9 @@ pub async fn deactivate(executor: impl PgExecutor<'_>, id: UserId) -> Result<Use
         UserRow,
         r#"UPDATE users SET is_active = false, updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1
-           RETURNING *"#,
+           RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
+                     identity_sub, display_name, identity_picture_url, role, last_login_at,
+                     identity_updated_at, identity_role_updated_at, role_source, released_email"#,
         id.0,
     )
     .fetch_optional(executor)
@@ -676,7 +693,10 @@ pub async fn list_by_role(
 ) -> Result<Vec<User>, Error> {
     let rows = sqlx::query_as!(
         UserRow,
-        r#"SELECT * FROM users
+        r#"SELECT id, username, email, is_active, created_at, updated_at, identity_provider,
+                  identity_sub, display_name, identity_picture_url, role, last_login_at,
+                  identity_updated_at, identity_role_updated_at, role_source, released_email
+           FROM users
            WHERE role = $1 AND id > $2
            ORDER BY id
            LIMIT $3"#,

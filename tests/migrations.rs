@@ -422,3 +422,53 @@ async fn the_lifecycle_down_refuses_while_it_holds_data(pool: PgPool) {
         .expect("down with no lifecycle data");
     assert_eq!(users_shape(&pool).await, expected_users_shape_before_0005());
 }
+
+/// The old tooling could have created the columns in another order. Statements name their columns,
+/// so they read the right ones whatever the physical order (sqlx decodes results by position: a
+/// `SELECT *` would hand `identity_sub` to `display_name` here, silently).
+#[sqlx::test(migrations = false)]
+async fn an_adopted_table_with_another_column_order_reads_right(pool: PgPool) {
+    let fixture = include_str!("fixtures/old_schema_with_iam.sql").replace(
+        "    identity_provider varchar(20),
+    identity_sub varchar(255),
+    display_name varchar(100),",
+        "    display_name varchar(100),
+    identity_sub varchar(255),
+    identity_provider varchar(20),",
+    );
+    assert!(fixture.contains("display_name varchar(100),\n    identity_sub"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(fixture))
+        .execute(&pool)
+        .await
+        .unwrap();
+    MIGRATOR.run(&pool).await.expect("adopt");
+    let profile = livermore_db::Profile::parse(
+        "clerk",
+        "user_order",
+        "order@example.com",
+        Some("Display Name"),
+        None,
+    )
+    .unwrap();
+    let signed_in = livermore_db::sign_in(&pool, &profile).await.unwrap().user;
+    let found = livermore_db::find_by_identity(&pool, &profile.identity)
+        .await
+        .unwrap()
+        .unwrap();
+    for user in [&signed_in, &found] {
+        assert_eq!(user.display_name.as_deref(), Some("Display Name"));
+        assert_eq!(user.identity_sub.as_deref(), Some("user_order"));
+        assert_eq!(user.identity_provider.as_deref(), Some("clerk"));
+    }
+    let ada = livermore_db::find_by_email(
+        &pool,
+        &livermore_db::Email::parse("ada@example.com").unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (ada.display_name.as_deref(), ada.identity_sub.as_deref()),
+        (Some("Ada Lovelace"), Some("user_2abc"))
+    );
+}
