@@ -56,7 +56,7 @@
 //! table: writers of other identities never wait. A backfill applies [`DEFAULT_BATCH_SIZE`] records a
 //! transaction ([`apply_batch`] splits longer input), taking the locks of those identities, in a fixed
 //! order, for that transaction: a webhook for one of them waits until that chunk commits (tens of
-//! milliseconds for 1 000 users here), never for the whole backfill. Each transaction holds one lock
+//! milliseconds for 2 000 users here), never for the whole backfill. Each transaction holds one lock
 //! per identity in PostgreSQL's lock table (`max_locks_per_transaction` × `max_connections` entries
 //! in all), which is why chunks stay small. Inside your own transaction the locks are held until you
 //! commit.
