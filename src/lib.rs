@@ -33,6 +33,7 @@ pub mod clerk;
 mod error;
 mod input;
 mod role;
+mod tx;
 mod users;
 
 pub use error::Error;

@@ -14,11 +14,12 @@ use std::hash::{BuildHasher, RandomState};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{Acquire, Connection, PgConnection, PgExecutor, Postgres};
+use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
 
 use crate::error::Error;
 use crate::input::{Email, Identity, Profile};
 use crate::role::Role;
+use crate::tx::attempt;
 
 /// A user's id (`users.id`, a `serial`).
 #[derive(
@@ -254,30 +255,6 @@ fn unique_violation(e: &sqlx::Error) -> Option<&str> {
     }
 }
 
-/// Runs one attempt of a statement that may fail on a constraint: in a savepoint when the connection
-/// is in a transaction (so a failure leaves the caller's transaction usable), directly otherwise.
-macro_rules! attempt {
-    ($conn:expr, |$c:ident| $body:expr) => {{
-        let conn: &mut PgConnection = $conn;
-        if conn.is_in_transaction() {
-            let mut savepoint = Connection::begin(&mut *conn).await?;
-            let result = {
-                let $c: &mut PgConnection = &mut savepoint;
-                $body
-            };
-            if result.is_ok() {
-                savepoint.commit().await?;
-            } else {
-                savepoint.rollback().await?;
-            }
-            result
-        } else {
-            let $c = conn;
-            $body
-        }
-    }};
-}
-
 /// Signs a user in from a provider profile: creates the user holding that identity, or updates the
 /// profile fields (email, display name, picture) of the user already holding it, in one atomic
 /// `INSERT … ON CONFLICT … DO UPDATE`, and returns the stored user.
@@ -337,12 +314,8 @@ where
 async fn sign_in_on(conn: &mut PgConnection, profile: &Profile) -> Result<SignIn, Error> {
     let mut retries = UsernameRetries::new(&profile.email);
     loop {
-        let result = attempt!(&mut *conn, |c| upsert_identity(
-            c,
-            profile,
-            retries.username()
-        )
-        .await);
+        let username = retries.username().to_owned();
+        let result = attempt(conn, async |c| upsert_identity(c, profile, &username).await).await?;
         match result {
             Ok(done) => return Ok(done),
             Err(e) => retries.after(conn, e).await?,
@@ -558,25 +531,27 @@ async fn link_identity_on(
     id: UserId,
     identity: &Identity,
 ) -> Result<User, Error> {
-    let mut tx = Connection::begin(&mut *conn).await?;
-    let updated = sqlx::query_as!(
-        UserRow,
-        r#"UPDATE users
-           SET identity_provider = $2, identity_sub = $3, updated_at = now() AT TIME ZONE 'UTC'
-           WHERE id = $1
-             AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
-           RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
-                     identity_sub, display_name, identity_picture_url, role, last_login_at,
-                     identity_updated_at, identity_role_updated_at, role_source, released_email"#,
-        id.0,
-        identity.provider.as_str(),
-        identity.subject.as_str(),
-    )
-    .fetch_optional(&mut *tx)
-    .await;
-    let outcome = match updated {
+    let updated = attempt(conn, async |c| {
+        sqlx::query_as!(
+            UserRow,
+            r#"UPDATE users
+               SET identity_provider = $2, identity_sub = $3, updated_at = now() AT TIME ZONE 'UTC'
+               WHERE id = $1
+                 AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
+               RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
+                         identity_sub, display_name, identity_picture_url, role, last_login_at,
+                         identity_updated_at, identity_role_updated_at, role_source, released_email"#,
+            id.0,
+            identity.provider.as_str(),
+            identity.subject.as_str(),
+        )
+        .fetch_optional(c)
+        .await
+    })
+    .await?;
+    match updated {
         Ok(Some(row)) => Ok(User::from(row)),
-        Ok(None) => match find_by_id(&mut *tx, id).await? {
+        Ok(None) => match find_by_id(&mut *conn, id).await? {
             Some(_) => Err(Error::AlreadyLinked { user_id: id.0 }),
             None => Err(Error::UserNotFound { user_id: id.0 }),
         },
@@ -587,13 +562,7 @@ async fn link_identity_on(
             })
         }
         Err(e) => Err(e.into()),
-    };
-    if outcome.is_ok() {
-        tx.commit().await?;
-    } else {
-        tx.rollback().await?;
     }
-    outcome
 }
 
 /// The user an `UPDATE … WHERE id = $1 RETURNING …` wrote, or [`Error::UserNotFound`].

@@ -4,12 +4,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::{Connection, PgConnection, Postgres, Transaction};
+use sqlx::PgConnection;
 
 use super::profile::ClerkProfile;
 use crate::error::Error;
 use crate::input::Subject;
 use crate::role::Role;
+use crate::tx::atomically;
 use crate::users::{UserId, UsernameRetries, free_usernames, username_from_email};
 
 /// What applying one record did, for the webhook handler's log.
@@ -83,9 +84,10 @@ pub(crate) async fn apply_records(
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let mut tx = Connection::begin(&mut *conn).await?;
-    let subjects: Vec<&str> = records.iter().map(|(_, c)| c.subject()).collect();
-    lock_identities(&mut tx, &subjects).await?;
+    let subjects: Vec<String> = records
+        .iter()
+        .map(|(_, c)| c.subject().to_owned())
+        .collect();
 
     // Round k holds the k-th record of each identity, so that each statement sees at most one record
     // per identity and each identity's records apply in input order.
@@ -99,11 +101,15 @@ pub(crate) async fn apply_records(
         rounds[*k].push((position, change));
         *k += 1;
     }
-    let mut results = Vec::new();
-    for round in rounds {
-        results.extend(apply_round(&mut tx, round).await?);
-    }
-    tx.commit().await?;
+    let mut results = atomically(conn, async |tx| {
+        lock_identities(tx, &subjects).await?;
+        let mut results = Vec::new();
+        for round in rounds {
+            results.extend(apply_round(tx, round).await?);
+        }
+        Ok::<_, Error>(results)
+    })
+    .await??;
     results.sort_by_key(|(position, _)| *position);
     Ok(results)
 }
@@ -111,12 +117,12 @@ pub(crate) async fn apply_records(
 /// Serializes the writers of each identity: a transaction-scoped advisory lock per identity (in the
 /// two-key space, under a class id of this crate's, so it meets no bigint-keyed lock such as sqlx's
 /// migrator's), taken in key order so that two batches never wait on each other in a cycle.
-async fn lock_identities(conn: &mut PgConnection, subjects: &[&str]) -> Result<(), Error> {
+async fn lock_identities(conn: &mut PgConnection, subjects: &[String]) -> Result<(), Error> {
     sqlx::query_scalar!(
         r#"SELECT count(pg_advisory_xact_lock(1281456210, k)) AS "locked!"
            FROM (SELECT DISTINCT hashtext('clerk:' || s) AS k
                  FROM unnest($1::varchar[]) AS s ORDER BY k) AS keys"#,
-        subjects as &[&str],
+        subjects,
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -225,9 +231,7 @@ async fn apply_round(
     let mut checked = false;
     while !bulk_updates.is_empty() {
         let profiles: Vec<&ClerkProfile> = bulk_updates.iter().map(|(_, p, _)| *p).collect();
-        let mut savepoint = Connection::begin(&mut *conn).await?;
-        let result = update(&mut savepoint, &profiles).await;
-        match settle(savepoint, result).await? {
+        match atomically(conn, async |c| update(c, &profiles).await).await? {
             Ok(written) => {
                 for (position, p, id) in std::mem::take(&mut bulk_updates) {
                     let outcome = if written.contains(p.subject.as_str()) {
@@ -254,9 +258,7 @@ async fn apply_round(
     while !bulk_inserts.is_empty() {
         let profiles: Vec<&ClerkProfile> = bulk_inserts.iter().map(|(_, p)| *p).collect();
         let usernames = usernames_for(conn, &profiles).await?;
-        let mut savepoint = Connection::begin(&mut *conn).await?;
-        let result = insert(&mut savepoint, &profiles, &usernames).await;
-        match settle(savepoint, result).await? {
+        match atomically(conn, async |c| insert(c, &profiles, &usernames).await).await? {
             Ok(created) => {
                 for (position, p) in std::mem::take(&mut bulk_inserts) {
                     match created.get(p.subject.as_str()) {
@@ -279,9 +281,7 @@ async fn apply_round(
     }
 
     for (position, p, id) in one_by_one_updates {
-        let mut savepoint = Connection::begin(&mut *conn).await?;
-        let result = update(&mut savepoint, &[p]).await;
-        let outcome = match settle(savepoint, result).await? {
+        let outcome = match atomically(conn, async |c| update(c, &[p]).await).await? {
             Ok(written) if written.is_empty() => Ok(Outcome::Stale(id)),
             Ok(_) => Ok(Outcome::Updated(id)),
             Err(e) => Err(record_error(e, p)?),
@@ -361,24 +361,6 @@ fn with_note(
     (position, applied)
 }
 
-/// Commits a statement's savepoint, or rolls it back and hands the statement's error on. Only an
-/// error of the savepoint itself (a lost connection) is the outer error.
-async fn settle<T>(
-    savepoint: Transaction<'_, Postgres>,
-    result: Result<T, sqlx::Error>,
-) -> Result<Result<T, sqlx::Error>, Error> {
-    match result {
-        Ok(value) => {
-            savepoint.commit().await?;
-            Ok(Ok(value))
-        }
-        Err(e) => {
-            savepoint.rollback().await?;
-            Ok(Err(e))
-        }
-    }
-}
-
 /// A statement's error as the record's own error, or `Err` when it is not the record's fault (a lost
 /// connection, a deadlock, a server shutting down: the whole call fails and can be retried).
 fn record_error(e: sqlx::Error, p: &ClerkProfile) -> Result<Error, Error> {
@@ -413,9 +395,8 @@ async fn insert_one(
     };
     let mut retries = UsernameRetries::new(email);
     loop {
-        let mut savepoint = Connection::begin(&mut *conn).await?;
-        let result = insert(&mut savepoint, &[p], &[retries.username().to_owned()]).await;
-        match settle(savepoint, result).await? {
+        let username = [retries.username().to_owned()];
+        match atomically(conn, async |c| insert(c, &[p], &username).await).await? {
             Ok(created) => match created.into_values().next() {
                 Some(id) => return Ok(Ok(id)),
                 None => unreachable!("a plain INSERT of one row returns it"),
