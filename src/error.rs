@@ -1,3 +1,5 @@
+use crate::id::UserId;
+
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,14 +45,14 @@ pub enum Error {
     #[error("user {user_id} is already linked to a different identity")]
     AlreadyLinked {
         /// The user.
-        user_id: i32,
+        user_id: UserId,
     },
 
     /// No user has this id.
     #[error("no user with id {user_id}")]
     UserNotFound {
         /// The id looked up.
-        user_id: i32,
+        user_id: UserId,
     },
 
     /// Every username tried for a new user was taken, even with suffixes.

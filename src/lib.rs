@@ -31,6 +31,7 @@ extern crate self as livermore_db;
 
 pub mod clerk;
 mod error;
+mod id;
 mod input;
 mod role;
 mod tx;

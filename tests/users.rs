@@ -135,7 +135,12 @@ async fn unknown_users_are_none_or_not_found(pool: PgPool) {
         link_identity(&pool, missing, &other).await,
     ] {
         assert!(
-            matches!(result, Err(Error::UserNotFound { user_id: 999 })),
+            matches!(
+                result,
+                Err(Error::UserNotFound {
+                    user_id: livermore_db::UserId(999)
+                })
+            ),
             "{result:?}"
         );
     }
@@ -221,7 +226,7 @@ async fn linking_is_explicit_and_refuses_conflicts(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::AlreadyLinked { user_id } if user_id == grace.0),
+        matches!(err, Error::AlreadyLinked { user_id } if user_id == grace),
         "{err:?}"
     );
 

@@ -9,134 +9,22 @@
 //! them as `now() AT TIME ZONE 'UTC'` (and the table's defaults do the same), so neither the server's nor
 //! the session's `TimeZone` shifts them, and it reads them back as [`DateTime<Utc>`].
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+mod row;
+mod username;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::{Deserialize, Serialize};
+use std::future::Future;
+
 use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
 
 use crate::error::Error;
+pub use crate::id::UserId;
 use crate::input::{Email, Identity, Profile};
 use crate::role::Role;
 use crate::tx::attempt;
-
-/// A user's id (`users.id`, a `serial`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
-)]
-#[sqlx(transparent)]
-#[serde(transparent)]
-pub struct UserId(pub i32);
-
-impl std::fmt::Display for UserId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A row of `users`, every column typed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    /// The primary key.
-    pub id: UserId,
-    /// Unique; derived from the email's local part for users created by [`sign_in`].
-    pub username: String,
-    /// Unique email address.
-    pub email: String,
-    /// `false` once [`deactivate`]d; the row and its identity stay.
-    pub is_active: bool,
-    /// When the row was created (UTC).
-    pub created_at: DateTime<Utc>,
-    /// When the row was last written (UTC).
-    pub updated_at: DateTime<Utc>,
-    /// The identity provider, e.g. `clerk`; `None` for a user without an external identity.
-    pub identity_provider: Option<String>,
-    /// The provider's id of the user; `None` exactly when `identity_provider` is.
-    pub identity_sub: Option<String>,
-    /// The name the provider gave.
-    pub display_name: Option<String>,
-    /// The picture the provider gave.
-    pub identity_picture_url: Option<String>,
-    /// What the user may do.
-    pub role: Role,
-    /// The last [`record_login`], or the provider's last sign-in when synced (UTC).
-    pub last_login_at: Option<DateTime<Utc>>,
-    /// The provider's `updated_at` of the last synced profile (UTC); `None` when never synced.
-    pub identity_updated_at: Option<DateTime<Utc>>,
-    /// The role's version (UTC): the provider's `updated_at` of the Clerk event that set it, or the
-    /// database's clock when [`set_role`] set it.
-    pub identity_role_updated_at: Option<DateTime<Utc>>,
-    /// Who set the role last (see the [Clerk rules](crate::clerk)).
-    pub role_source: RoleSource,
-    /// The address a user deleted at Clerk held, released for a new sign-up (`email` then holds a
-    /// `deleted+…@deleted.invalid` placeholder); `None` otherwise.
-    pub released_email: Option<String>,
-}
-
-/// Who set a user's role last (`users.role_source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, sqlx::Type)]
-#[sqlx(type_name = "varchar", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum RoleSource {
-    /// [`set_role`], or the default: a Clerk event without a role keeps it.
-    #[default]
-    Manual,
-    /// A Clerk event: a newer Clerk event without a valid role revokes it to `user`.
-    Clerk,
-}
-
-/// A `users` row as the database returns it: `timestamp` columns are naive, holding UTC.
-struct UserRow {
-    id: UserId,
-    username: String,
-    email: String,
-    is_active: bool,
-    created_at: NaiveDateTime,
-    updated_at: NaiveDateTime,
-    identity_provider: Option<String>,
-    identity_sub: Option<String>,
-    display_name: Option<String>,
-    identity_picture_url: Option<String>,
-    role: Role,
-    last_login_at: Option<NaiveDateTime>,
-    identity_updated_at: Option<NaiveDateTime>,
-    identity_role_updated_at: Option<NaiveDateTime>,
-    role_source: RoleSource,
-    released_email: Option<String>,
-}
-
-impl From<UserRow> for User {
-    fn from(r: UserRow) -> Self {
-        User {
-            id: r.id,
-            username: r.username,
-            email: r.email,
-            is_active: r.is_active,
-            created_at: r.created_at.and_utc(),
-            updated_at: r.updated_at.and_utc(),
-            identity_provider: r.identity_provider,
-            identity_sub: r.identity_sub,
-            display_name: r.display_name,
-            identity_picture_url: r.identity_picture_url,
-            role: r.role,
-            last_login_at: r.last_login_at.map(|t| t.and_utc()),
-            identity_updated_at: r.identity_updated_at.map(|t| t.and_utc()),
-            identity_role_updated_at: r.identity_role_updated_at.map(|t| t.and_utc()),
-            role_source: r.role_source,
-            released_email: r.released_email,
-        }
-    }
-}
-
-/// What [`sign_in`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignIn {
-    /// The user, as stored after the sign-in.
-    pub user: User,
-    /// `true` when this sign-in created the user, `false` when it updated an existing one.
-    pub created: bool,
-}
+pub use row::{RoleSource, SignIn, User};
+pub(crate) use row::{UserRow, found};
+pub use username::{USERNAME_ATTEMPTS, username_from_email};
+pub(crate) use username::{UsernameRetries, free_usernames, unique_violation};
 
 /// Finds the user holding an identity; `Ok(None)` when there is none.
 ///
@@ -209,52 +97,6 @@ pub async fn find_by_email(
     Ok(row.map(User::from))
 }
 
-/// The most candidates [`sign_in`] tries for a new user's username before giving up with
-/// [`Error::UsernameExhausted`].
-pub const USERNAME_ATTEMPTS: u32 = 8;
-
-const USERNAME_MAX_CHARS: usize = 50;
-
-/// The username a new user gets from an email's local part (without a `+tag`): lower-cased, only `a-z`, `0-9`, `.`, `_`
-/// and `-` kept, at most 50 characters; `user` when nothing is left.
-pub fn username_from_email(email: &Email) -> String {
-    let local = email.local_part();
-    // Sub-addressing (`ada+trading@…`) is the same person: drop the tag.
-    let local = local.split_once('+').map_or(local, |(name, _)| name);
-    let mut name: String = local
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-        .take(USERNAME_MAX_CHARS)
-        .collect();
-    if name.is_empty() {
-        name.push_str("user");
-    }
-    name
-}
-
-/// `base` cut so that `base_suffix` fits the username column (the base is ASCII).
-fn with_suffix(base: &str, suffix: &str) -> String {
-    let keep = USERNAME_MAX_CHARS
-        .saturating_sub(suffix.len() + 1)
-        .min(base.len());
-    format!("{}_{suffix}", &base[..keep])
-}
-
-/// A random 6-digit suffix, from the standard library's per-process random hasher keys.
-fn random_suffix() -> String {
-    let n = RandomState::new().hash_one(std::time::SystemTime::now()) % 1_000_000;
-    format!("{n:06}")
-}
-
-/// The `constraint` of a unique violation, if `e` is one.
-fn unique_violation(e: &sqlx::Error) -> Option<&str> {
-    match e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint(),
-        _ => None,
-    }
-}
-
 /// Signs a user in from a provider profile: creates the user holding that identity, or updates the
 /// profile fields (email, display name, picture) of the user already holding it, in one atomic
 /// `INSERT … ON CONFLICT … DO UPDATE`, and returns the stored user.
@@ -323,67 +165,6 @@ async fn sign_in_on(conn: &mut PgConnection, profile: &Profile) -> Result<SignIn
     }
 }
 
-/// The username candidates for a new user and what to do after each failed insert: the email's
-/// [`username_from_email`], then `base_N` for the first free N, then random suffixes, at most
-/// [`USERNAME_ATTEMPTS`] in all. A unique violation on the email is retried once (a concurrent insert of
-/// the same identity can collide there before it sees the identity), then it is [`Error::EmailTaken`].
-pub(crate) struct UsernameRetries<'e> {
-    email: &'e Email,
-    base: String,
-    username: String,
-    attempts: u32,
-    email_retried: bool,
-}
-
-impl<'e> UsernameRetries<'e> {
-    pub(crate) fn new(email: &'e Email) -> Self {
-        let base = username_from_email(email);
-        UsernameRetries {
-            email,
-            username: base.clone(),
-            base,
-            attempts: 1,
-            email_retried: false,
-        }
-    }
-
-    /// The username to try now.
-    pub(crate) fn username(&self) -> &str {
-        &self.username
-    }
-
-    /// After a failed attempt: `Ok(())` to try again (with the next username), or the final error.
-    pub(crate) async fn after(
-        &mut self,
-        conn: &mut PgConnection,
-        e: sqlx::Error,
-    ) -> Result<(), Error> {
-        match unique_violation(&e) {
-            Some("users_username_unique") if self.attempts < USERNAME_ATTEMPTS => {
-                self.username = if self.attempts == 1 {
-                    first_free_numbered(conn, &self.base).await?
-                } else {
-                    with_suffix(&self.base, &random_suffix())
-                };
-                self.attempts += 1;
-                Ok(())
-            }
-            Some("users_username_unique") => Err(Error::UsernameExhausted {
-                base: self.base.clone(),
-                attempts: self.attempts,
-            }),
-            Some("users_email_unique") if !self.email_retried => {
-                self.email_retried = true;
-                Ok(())
-            }
-            Some("users_email_unique") => Err(Error::EmailTaken {
-                email: self.email.as_str().to_owned(),
-            }),
-            _ => Err(e.into()),
-        }
-    }
-}
-
 async fn upsert_identity(
     conn: &mut PgConnection,
     profile: &Profile,
@@ -433,72 +214,6 @@ async fn upsert_identity(
         user,
         created: row.created,
     })
-}
-
-/// `base_N` for the smallest N ≥ 2 that no user has, as the database sees it now.
-async fn first_free_numbered(conn: &mut PgConnection, base: &str) -> Result<String, Error> {
-    let mut free = free_usernames(conn, &[(base, 1)], 2).await?;
-    Ok(free
-        .remove(base)
-        .and_then(|names| names.into_iter().next())
-        .unwrap_or_else(|| with_suffix(base, &random_suffix())))
-}
-
-/// For each `(base, need)`, the first `need` usernames in the order `base` (when `from` is 1),
-/// `base_2`, `base_3`, … that no stored user has. Each round is one index look-up of all candidates
-/// (`username = ANY(…)`); a base whose candidates were all taken gets twice as many the next round.
-pub(crate) async fn free_usernames(
-    conn: &mut PgConnection,
-    wanted: &[(&str, usize)],
-    from: u32,
-) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
-    let name = |base: &str, n: u32| {
-        if n <= 1 {
-            base.to_owned()
-        } else {
-            with_suffix(base, &n.to_string())
-        }
-    };
-    let mut free: HashMap<String, Vec<String>> = HashMap::new();
-    // (base, still needed, next n to try, how many to try this round)
-    let mut open: Vec<(&str, usize, u32, u32)> = wanted
-        .iter()
-        .filter(|(_, need)| *need > 0)
-        .map(|&(base, need)| (base, need, from.max(1), need as u32))
-        .collect();
-    while !open.is_empty() {
-        let candidates: Vec<String> = open
-            .iter()
-            .flat_map(|&(base, _, next, span)| {
-                (next..next.saturating_add(span)).map(move |n| name(base, n))
-            })
-            .collect();
-        let taken: HashSet<String> = sqlx::query_scalar!(
-            r#"SELECT username FROM users WHERE username = ANY($1::varchar[])"#,
-            &candidates,
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-        open = open
-            .into_iter()
-            .filter_map(|(base, need, next, span)| {
-                let got = free.entry(base.to_owned()).or_default();
-                let mut still = need;
-                for n in next..next.saturating_add(span) {
-                    let candidate = name(base, n);
-                    if still > 0 && !taken.contains(&candidate) {
-                        got.push(candidate);
-                        still -= 1;
-                    }
-                }
-                (still > 0 && next < 1_000_000)
-                    .then(|| (base, still, next + span, span.saturating_mul(2)))
-            })
-            .collect();
-    }
-    Ok(free)
 }
 
 /// Links an existing user (say, one created before identity sign-in) to an identity, and returns the
@@ -552,8 +267,8 @@ async fn link_identity_on(
     match updated {
         Ok(Some(row)) => Ok(User::from(row)),
         Ok(None) => match find_by_id(&mut *conn, id).await? {
-            Some(_) => Err(Error::AlreadyLinked { user_id: id.0 }),
-            None => Err(Error::UserNotFound { user_id: id.0 }),
+            Some(_) => Err(Error::AlreadyLinked { user_id: id }),
+            None => Err(Error::UserNotFound { user_id: id }),
         },
         Err(e) if unique_violation(&e) == Some("users_identity_provider_sub_idx") => {
             Err(Error::IdentityTaken {
@@ -563,12 +278,6 @@ async fn link_identity_on(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// The user an `UPDATE … WHERE id = $1 RETURNING …` wrote, or [`Error::UserNotFound`].
-fn found(row: Option<UserRow>, id: UserId) -> Result<User, Error> {
-    row.map(User::from)
-        .ok_or(Error::UserNotFound { user_id: id.0 })
 }
 
 /// Records a login now (`last_login_at`, UTC) and returns the user; [`Error::UserNotFound`] when there
@@ -676,27 +385,4 @@ pub async fn list_by_role(
     .fetch_all(executor)
     .await?;
     Ok(rows.into_iter().map(User::from).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames_come_from_the_local_part_and_fit() {
-        let u = |e: &str| username_from_email(&Email::parse(e).unwrap());
-        assert_eq!(u("Ada.Lovelace+Trading@example.com"), "ada.lovelace");
-        assert_eq!(u("o'brien@example.com"), "obrien");
-        assert_eq!(u("日本@example.com"), "user");
-        assert_eq!(u(&format!("{}@x.y", "a".repeat(80))).len(), 50);
-    }
-
-    #[test]
-    fn suffixed_usernames_fit_the_column() {
-        let base = "a".repeat(50);
-        assert_eq!(with_suffix(&base, "2"), format!("{}_2", "a".repeat(48)));
-        assert_eq!(with_suffix(&base, "123456").len(), 50);
-        assert_eq!(with_suffix("ada", "2"), "ada_2");
-        assert_eq!(random_suffix().len(), 6);
-    }
 }
