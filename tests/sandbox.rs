@@ -1111,3 +1111,52 @@ async fn a_fallback_folder_planted_by_someone_else_is_refused() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[tokio::test]
+async fn no_command_prints_the_password_when_its_connection_fails() {
+    let file = std::env::temp_dir().join(format!("livermore-secret-{}.json", std::process::id()));
+    std::fs::write(&file, "[]").unwrap();
+    let file = file.display().to_string();
+    let commands: [&[&str]; 5] = [
+        &["migrate"],
+        &["migrate", "--dry-run"],
+        &["status"],
+        &["drift"],
+        &["import-clerk", &file],
+    ];
+    let wrong = "Wr0ng p@ss:w/o#rd";
+    for args in commands {
+        // `sandbox` checks that the real password appears nowhere; here also the wrong one.
+        for overrides in [
+            vec![("PG_SANDBOX_PORT", "1")],
+            vec![("PG_SANDBOX_PASSWORD", wrong)],
+        ] {
+            let run = sandbox(args, "livermore_secret", &overrides);
+            one_line_error(&run);
+            assert!(
+                !run.stdout.contains(wrong) && !run.stderr.contains(wrong),
+                "{args:?}: {}{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+        // --env local, with the password in the URL.
+        let mut full = vec!["--env", "local"];
+        full.extend_from_slice(args);
+        let out = livermore_db(
+            &full,
+            &[(
+                "LIVERMORE_DATABASE_URL",
+                "postgres://u:S3cret-pw%40x@127.0.0.1:1/db",
+            )],
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(!text.contains("S3cret"), "{args:?}: {text}");
+    }
+    std::fs::remove_file(&file).ok();
+}

@@ -10,7 +10,8 @@ use livermore_db::MIGRATOR;
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection};
 
-use crate::target::{Failure, Target, describe};
+use crate::env::Target;
+use crate::failure::{Failure, describe};
 
 const SCRATCH: &str = "livermore_db_drift_scratch";
 

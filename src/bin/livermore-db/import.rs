@@ -5,7 +5,8 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use livermore_db::clerk::{BackfillReport, ClerkUser, RecordNote, apply_batch};
 
-use crate::target::{Failure, Target, describe};
+use crate::env::Target;
+use crate::failure::{Failure, describe};
 
 /// How the file numbers its records, for the report.
 #[derive(Clone, Copy)]

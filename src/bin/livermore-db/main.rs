@@ -10,16 +10,18 @@
 //! before anything connects.
 
 mod drift;
+mod env;
+mod failure;
 mod import;
 mod migrate;
-mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use target::{Failure, Target};
+use env::Target;
+use failure::{Failure, report};
 
 /// The operator's command for livermore-db's IAM schema.
 #[derive(Parser)]
@@ -101,17 +103,6 @@ async fn run(target: &Target, command: Command) -> Result<Done, Failure> {
     Ok(if ok { Done::Ok } else { Done::Differs })
 }
 
-/// The one place a failure is printed: with the target's password scrubbed out, should any layer
-/// below ever have echoed it.
-fn fail(target: Option<&Target>, failure: Failure) -> ExitCode {
-    let message = match target {
-        Some(target) => target.scrub(failure.message),
-        None => failure.message,
-    };
-    eprintln!("error: {message}");
-    ExitCode::from(if failure.usage { 2 } else { 1 })
-}
-
 /// Removes the libpq variables sqlx reads from the environment (`PG_SANDBOX_*` are ours and stay).
 /// Runs before any thread exists.
 fn forget_libpq_environment() {
@@ -140,7 +131,7 @@ fn main() -> ExitCode {
     };
     let target = match target {
         Ok(target) => target,
-        Err(failure) => return fail(None, failure),
+        Err(failure) => return report(failure, None),
     };
     if let Some(warning) = &target.warning {
         eprintln!("{warning}");
@@ -166,6 +157,6 @@ fn main() -> ExitCode {
     match result {
         Ok(Done::Ok) => ExitCode::SUCCESS,
         Ok(Done::Differs) => ExitCode::FAILURE,
-        Err(failure) => fail(Some(&target), failure),
+        Err(failure) => report(failure, target.secret()),
     }
 }

@@ -6,7 +6,8 @@ use livermore_db::MIGRATOR;
 use sqlx::PgConnection;
 use sqlx::migrate::{MigrateError, Migration};
 
-use crate::target::{Failure, Target, describe};
+use crate::env::Target;
+use crate::failure::{Failure, describe};
 
 /// One row of `_sqlx_migrations`.
 struct Applied {

@@ -1,4 +1,5 @@
-//! Which database a command talks to, built from the environment, and how failures are told.
+//! Which database a command talks to, built from the environment: `--env local` from
+//! `LIVERMORE_DATABASE_URL`, `--env sandbox` from `PG_SANDBOX_*`.
 //!
 //! The connection is built from parts ([`PgConnectOptions`]); a password is never spliced into a URL or a
 //! command line, and never printed: the target shows as `user:***@host:port/database`.
@@ -10,31 +11,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgConnection};
 
+use crate::failure::{Failure, describe};
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A command's failure: one line for the operator, already free of secrets.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    /// A usage error (exit status 2) rather than a failure of the command (1).
-    pub usage: bool,
-}
-
-impl Failure {
-    pub fn new(message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            usage: false,
-        }
-    }
-
-    pub fn usage(message: impl Into<String>) -> Self {
-        Failure {
-            message: message.into(),
-            usage: true,
-        }
-    }
-}
 
 /// The server-side statement timeout of every session (`LIVERMORE_STATEMENT_TIMEOUT`, seconds).
 const DEFAULT_STATEMENT_TIMEOUT_SECS: u64 = 15 * 60;
@@ -202,12 +181,9 @@ impl Target {
         self.options.clone().database("postgres")
     }
 
-    /// Removes the password from a message, should any layer below ever echo it.
-    pub fn scrub(&self, message: String) -> String {
-        match &self.password {
-            Some(p) if !p.is_empty() => message.replace(p.as_str(), "***"),
-            _ => message,
-        }
+    /// The password, for [`crate::failure::report`] to scrub out of messages.
+    pub fn secret(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// Connects to the target database; `Ok(None)` when it does not exist.
@@ -285,20 +261,6 @@ fn url_password(url: &str) -> Option<String> {
     (!password.is_empty()).then(|| password.to_owned())
 }
 
-/// One line saying what went wrong, without a stack trace.
-pub fn describe(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
-            None => db.message().to_owned(),
-        },
-        sqlx::Error::Io(io) => io.to_string(),
-        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
-        other => other.to_string(),
-    }
-    .replace('\n', " ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,7 +305,7 @@ mod tests {
         .ok()
         .unwrap();
         assert_eq!(t.shown, "admin:***@db.example:5432/livermore");
-        assert_eq!(t.scrub(format!("echo {pw} here")), "echo *** here");
+        assert_eq!(t.secret(), Some(pw));
     }
 
     #[test]
