@@ -207,11 +207,14 @@ impl Target {
 
     /// Creates the target database through the maintenance database. `Ok(false)` when it was created
     /// meanwhile by someone else.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "CREATE DATABASE takes an identifier, which no bind parameter can stand for: the name is quoted"
+    )]
     pub async fn create_database(&self) -> Result<bool, Failure> {
         let mut conn = connect(&self.maintenance())
             .await
             .map_err(|e| self.connect_failure(&e))?;
-        // Operator DDL on an identifier, which cannot be a bind parameter: the name is quoted.
         let create =
             sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", quote_ident(&self.database)));
         match sqlx::raw_sql(create).execute(&mut conn).await {

@@ -1,8 +1,7 @@
 //! The migrations against a real PostgreSQL: the exact schema they produce, adoption of the databases the
 //! older tooling built, and up/down/up with downs that refuse to destroy data.
-mod common;
 
-use common::*;
+use crate::common::*;
 use livermore_db::MIGRATOR;
 use sqlx::PgPool;
 

@@ -1,0 +1,19 @@
+//! The integration tests, one binary (each binary links the whole crate again): against a real
+//! PostgreSQL (`DATABASE_URL`, which `make test` points at the local cluster), each `#[sqlx::test]` in a
+//! database of its own.
+//!
+//! Tests build catalog queries, fixtures and hostile statements at run time, which the crate itself
+//! may not (clippy.toml): allowed here.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod clerk;
+mod common;
+mod migrations;
+mod roles;
+mod users;
+
+// These run the operator command, built with the `cli` feature.
+#[cfg(feature = "cli")]
+mod import;
+#[cfg(feature = "cli")]
+mod sandbox;
