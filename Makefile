@@ -43,7 +43,7 @@ db-up: ## Start the local PostgreSQL (initdb first if needed)
 
 db-down: ## Stop the local PostgreSQL (and the sandbox emulator the tests start)
 	@$(LOCAL_DB) down
-	@$(LOCAL_DB) sandbox-down
+	@scripts/sandbox-emulator.sh down
 
 db-url: ## Print the database URL alone on the last line (psql "`make -s db-url`")
 	@$(LOCAL_DB) url

@@ -1,5 +1,5 @@
 //! `livermore-db --env sandbox` against an emulated sandbox: a second local PostgreSQL with TLS only,
-//! SCRAM passwords and no `livermore` database, started by `scripts/local-db.sh sandbox-up`.
+//! SCRAM passwords and no `livermore` database, started by `scripts/sandbox-emulator.sh up`.
 //!
 //! Each test works in a database of its own, runs the real binary as an operator would, and checks its
 //! exit status, its output (never the password) and the database afterwards.
@@ -18,14 +18,14 @@ const PASSWORD: &str = "p@ss: w/o#r%d?&$'\"x y";
 fn emulator() -> &'static HashMap<String, String> {
     static EMULATOR: OnceLock<HashMap<String, String>> = OnceLock::new();
     EMULATOR.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-db.sh");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sandbox-emulator.sh");
         let out = Command::new("bash")
             .arg(script)
-            .arg("sandbox-up")
+            .arg("up")
             .env("SANDBOX_EMULATOR_PASSWORD", PASSWORD)
             .stderr(Stdio::inherit())
             .output()
-            .expect("run scripts/local-db.sh sandbox-up");
+            .expect("run scripts/sandbox-emulator.sh up");
         assert!(out.status.success(), "the sandbox emulator did not start");
         String::from_utf8(out.stdout)
             .expect("utf-8")
@@ -39,7 +39,7 @@ fn emulator() -> &'static HashMap<String, String> {
 fn var(name: &str) -> String {
     emulator()
         .get(name)
-        .unwrap_or_else(|| panic!("sandbox-up printed no {name}"))
+        .unwrap_or_else(|| panic!("sandbox-emulator.sh up printed no {name}"))
         .clone()
 }
 
