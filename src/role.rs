@@ -6,14 +6,15 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, Postgres, Type};
-use strum::{EnumCount, IntoEnumIterator, VariantNames};
+use strum::{EnumCount, VariantNames};
 
 use crate::error::{Error, shown};
 
 /// What a user may do on the platform; stored in `users.role` (`varchar(20)`).
 ///
 /// The spellings (`user`, `admin`, `subscriber_basic`, `subscriber_pro`) are the same in the database,
-/// in [`Display`](std::fmt::Display)/[`FromStr`], and in serde. The database's `users_role_check`
+/// in [`Display`](std::fmt::Display)/[`FromStr`], and in serde. One way each: list with [`Role::ALL`]
+/// (or their spellings, [`Role::NAMES`]), spell with [`Role::as_str`], parse with [`str::parse`]. The database's `users_role_check`
 /// constraint lists the same values, so adding a variant means adding a migration.
 ///
 /// # Examples
@@ -24,8 +25,7 @@ use crate::error::{Error, shown};
 /// assert_eq!(Role::default(), Role::User);
 /// assert_eq!("subscriber_pro".parse::<Role>().unwrap(), Role::SubscriberPro);
 /// assert_eq!(Role::Admin.as_str(), "admin");
-/// assert!(Role::is_valid("admin"));
-/// assert!(!Role::is_valid("Admin"));
+/// assert!("Admin".parse::<Role>().is_err(), "case-sensitive");
 ///
 /// let err = "superuser".parse::<Role>().unwrap_err();
 /// assert_eq!(
@@ -58,10 +58,8 @@ use crate::error::{Error, shown};
     Default,
     Serialize,
     Deserialize,
-    strum::AsRefStr,
     strum::IntoStaticStr,
     strum::Display,
-    strum::EnumIter,
     strum::EnumCount,
     strum::VariantNames,
 )]
@@ -97,42 +95,21 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
-
-    /// Every role, in declaration order (the iterator form of [`Role::ALL`]).
-    pub fn all() -> impl Iterator<Item = Role> {
-        Role::iter()
-    }
-
-    /// Whether `s` is exactly one of the roles' spellings (case-sensitive, no surrounding space).
-    pub fn is_valid(s: &str) -> bool {
-        Role::NAMES.contains(&s)
-    }
-
-    /// Parses a role, failing with [`Error::InvalidRole`], which names the bad value and lists the
-    /// valid ones. The same as `s.parse::<Role>()`.
-    pub fn parse(s: &str) -> Result<Role, Error> {
-        Role::all()
-            .find(|role| role.as_str() == s)
-            .ok_or_else(|| Error::InvalidRole {
-                value: shown(s, 64),
-                valid: VALID_ROLES.as_str(),
-            })
-    }
 }
 
 impl FromStr for Role {
     type Err = Error;
 
+    /// Parses a role, failing with [`Error::InvalidRole`], which names the bad value and lists the
+    /// valid ones. Exact and case-sensitive.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::parse(s)
-    }
-}
-
-impl TryFrom<&str> for Role {
-    type Error = Error;
-
-    fn try_from(s: &str) -> Result<Self, Self::Error> {
-        Role::parse(s)
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| Error::InvalidRole {
+                value: shown(s, 64),
+                valid: VALID_ROLES.as_str(),
+            })
     }
 }
 
@@ -167,7 +144,7 @@ impl Encode<'_, Postgres> for Role {
 impl<'r> Decode<'r, Postgres> for Role {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
         let s = <&str as Decode<'r, Postgres>>::decode(value)?;
-        Ok(Role::parse(s)?)
+        Ok(s.parse::<Role>()?)
     }
 }
 
@@ -181,15 +158,16 @@ mod tests {
             Role::NAMES,
             ["user", "admin", "subscriber_basic", "subscriber_pro"]
         );
-        assert_eq!(Role::ALL.to_vec(), Role::all().collect::<Vec<_>>());
+        assert_eq!(
+            Role::ALL.map(Role::as_str),
+            Role::NAMES,
+            "ALL lists every variant, in order"
+        );
         for role in Role::ALL {
             let s = role.as_str();
             assert!(s.len() <= 20, "{s} does not fit varchar(20)");
             assert_eq!(s, role.to_string());
-            assert_eq!(s, role.as_ref());
             assert_eq!(s.parse::<Role>().unwrap(), role);
-            assert_eq!(Role::try_from(s).unwrap(), role);
-            assert!(Role::is_valid(s));
             assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{s}\""));
             assert_eq!(
                 serde_json::from_str::<Role>(&format!("\"{s}\"")).unwrap(),
@@ -209,7 +187,6 @@ mod tests {
             "subscriber-pro",
             "user\0",
         ] {
-            assert!(!Role::is_valid(bad));
             match bad.parse::<Role>() {
                 Err(Error::InvalidRole { value, valid }) => {
                     assert_eq!(value, bad);

@@ -86,7 +86,7 @@ impl ClerkUser {
             .or_else(|| self.username.clone().filter(|u| !u.trim().is_empty()));
         let role = match self.public_metadata.as_ref().and_then(|m| m.get("role")) {
             None | Some(serde_json::Value::Null) => MetadataRole::Absent,
-            Some(serde_json::Value::String(s)) => match Role::parse(s) {
+            Some(serde_json::Value::String(s)) => match s.parse::<Role>() {
                 Ok(role) => MetadataRole::Valid(role),
                 Err(e) => MetadataRole::Invalid(e.to_string()),
             },

@@ -23,7 +23,7 @@ async fn insert_with_role(pool: &PgPool, name: &str, role: Role) -> UserId {
 
 #[sqlx::test]
 async fn every_role_round_trips_through_the_column(pool: PgPool) {
-    for role in Role::all() {
+    for role in Role::ALL {
         let id = insert_with_role(&pool, role.as_str(), role).await;
 
         let stored = sqlx::query_scalar!(
