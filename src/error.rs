@@ -64,6 +64,11 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// A look-up through an [`IdentityLookup`](crate::IdentityLookup) failed: the statement that
+    /// carried it failed (every call in it gets this), or the handle has stopped.
+    #[error("identity look-up failed: {0}")]
+    Lookup(String),
+
     /// A migration could not be applied, reverted or verified.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -33,17 +33,19 @@ pub mod clerk;
 mod error;
 mod id;
 mod input;
+mod lookup;
 mod role;
 mod tx;
 mod users;
 
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
+pub use lookup::{DEFAULT_MAX_BATCH, IdentityLookup, LookupStats};
 pub use role::Role;
 pub use users::{
     RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
-    find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
-    username_from_email,
+    find_by_identities, find_by_identity, link_identity, list_by_role, record_login, set_role,
+    sign_in, username_from_email,
 };
 
 /// Pool options suited to this crate's short statements; use them for the pool you pass in.

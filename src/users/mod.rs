@@ -12,6 +12,7 @@
 mod row;
 mod username;
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
@@ -59,6 +60,61 @@ pub async fn find_by_identity(
     .fetch_optional(executor)
     .await?;
     Ok(row.map(User::from))
+}
+
+/// Finds the users holding several identities in one statement: the answer has one entry per input,
+/// in input order (`None` where no user holds it; a repeated identity is answered each time).
+///
+/// ```no_run
+/// # async fn f(pool: &sqlx::PgPool) -> Result<(), livermore_db::Error> {
+/// use livermore_db::{Identity, find_by_identities};
+///
+/// let wanted = [Identity::parse("clerk", "user_a")?, Identity::parse("google", "1234")?];
+/// let found = find_by_identities(pool, &wanted).await?;
+/// assert_eq!(found.len(), 2);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn find_by_identities(
+    executor: impl PgExecutor<'_>,
+    identities: &[Identity],
+) -> Result<Vec<Option<User>>, Error> {
+    if identities.is_empty() {
+        return Ok(Vec::new());
+    }
+    let providers: Vec<&str> = identities.iter().map(|i| i.provider.as_str()).collect();
+    let subjects: Vec<&str> = identities.iter().map(|i| i.subject.as_str()).collect();
+    let rows = sqlx::query_as!(
+        UserRow,
+        r#"SELECT u.id, u.username, u.email, u.is_active, u.created_at, u.updated_at,
+                  u.identity_provider, u.identity_sub, u.display_name, u.identity_picture_url,
+                  u.role, u.last_login_at, u.identity_updated_at, u.identity_role_updated_at,
+                  u.role_source, u.released_email
+           FROM (SELECT DISTINCT * FROM unnest($1::varchar[], $2::varchar[])) AS i(provider, sub)
+           JOIN users u ON u.identity_provider = i.provider AND u.identity_sub = i.sub"#,
+        &providers as &[&str],
+        &subjects as &[&str],
+    )
+    .fetch_all(executor)
+    .await?;
+    let by_identity: HashMap<(String, String), User> = rows
+        .into_iter()
+        .map(User::from)
+        .filter_map(|u| {
+            let key = (u.identity_provider.clone()?, u.identity_sub.clone()?);
+            Some((key, u))
+        })
+        .collect();
+    Ok(identities
+        .iter()
+        .map(|i| {
+            let key = (
+                i.provider.as_str().to_owned(),
+                i.subject.as_str().to_owned(),
+            );
+            by_identity.get(&key).cloned()
+        })
+        .collect())
 }
 
 /// Finds a user by id; `Ok(None)` when there is none.

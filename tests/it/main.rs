@@ -8,6 +8,7 @@
 
 mod clerk;
 mod common;
+mod lookup;
 mod migrations;
 mod roles;
 mod users;

@@ -6,7 +6,9 @@
 //! spawned (`tokio::spawn` needs `Send + 'static` futures, as axum handlers do) with each kind of
 //! executor a service has: `&PgPool`, `&mut PgConnection` and a transaction. Running it checks that they
 //! work there too.
-use livermore_db::clerk::{ClerkEvent, ClerkUser, apply_batch, apply_event, apply_events, apply_user};
+use livermore_db::clerk::{
+    ClerkEvent, ClerkUser, apply_batch, apply_event, apply_events, apply_user,
+};
 use livermore_db::{
     Email, Error, Identity, Profile, Role, UserId, deactivate, find_by_email, find_by_id,
     find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
@@ -130,18 +132,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // The service's own table beside livermore's, with its own (runtime) SQL.
-    sqlx::query("CREATE TABLE IF NOT EXISTS orders (id bigserial PRIMARY KEY, user_id int NOT NULL)")
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS orders (id bigserial PRIMARY KEY, user_id int NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
     livermore_db::migrate(&pool).await?;
 
     let signed_in = sign_in(&pool, &profile(0)).await?;
     assert!(signed_in.created, "a new user");
     let applied = apply_event(&pool, &clerk_event(0)).await?;
-    println!("consumer: signed in user {}, Clerk event: {:?}", signed_in.user.id, applied.outcome);
+    println!(
+        "consumer: signed in user {}, Clerk event: {:?}",
+        signed_in.user.id, applied.outcome
+    );
 
     // A backfill from a spawned task.
-    let batch: Vec<(usize, ClerkUser)> = (1..=20).map(|n| (n as usize, clerk_user(100 + n, 1))).collect();
+    let batch: Vec<(usize, ClerkUser)> = (1..=20)
+        .map(|n| (n as usize, clerk_user(100 + n, 1)))
+        .collect();
     let report = tokio::spawn({
         let pool = pool.clone();
         async move { apply_batch(&pool, &batch).await }
@@ -160,13 +169,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut conn = pool.acquire().await?;
     let identity = Identity::parse("clerk", "user_consumer_1")?;
-    let user = find_by_identity(&mut *conn, &identity).await?.ok_or("user 1 is gone")?;
+    let user = find_by_identity(&mut *conn, &identity)
+        .await?
+        .ok_or("user 1 is gone")?;
     assert!(!user.is_active, "deactivated in the last task");
     conn.ping().await?;
     sqlx::query("INSERT INTO orders (user_id) VALUES ($1)")
         .bind(user.id.0)
         .execute(&pool)
         .await?;
+    // The look-up handle, from spawned tasks too.
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    let handle = livermore_db::IdentityLookup::connect(options, 2).await?;
+    let mut lookups = Vec::new();
+    for n in 1..=4 {
+        let (handle, pool) = (handle.clone(), pool.clone());
+        lookups.push(tokio::spawn(async move {
+            let identity = Identity::parse("clerk", &format!("user_consumer_{n}"))?;
+            let batch = livermore_db::find_by_identities(&pool, &[identity.clone()]).await?;
+            assert!(batch[0].is_some());
+            handle.lookup(&identity).await
+        }));
+    }
+    for l in lookups {
+        assert!(l.await??.is_some());
+    }
     println!("consumer: every public function ran from spawned tasks");
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! `find_by_identities` and the coalescing `IdentityLookup` handle, with real concurrency.
+use std::sync::Arc;
+
+use livermore_db::{
+    Error, Identity, IdentityLookup, Profile, Role, find_by_identities, set_role, sign_in,
+};
+use sqlx::PgPool;
+
+async fn users(pool: &PgPool, n: usize) -> Vec<(Identity, livermore_db::UserId)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let profile = Profile::parse(
+            "clerk",
+            &format!("user_look_{i}"),
+            &format!("look{i}@example.com"),
+            None,
+            None,
+        )
+        .unwrap();
+        let id = sign_in(pool, &profile).await.unwrap().user.id;
+        out.push((profile.identity, id));
+    }
+    out
+}
+
+fn options(pool: &PgPool) -> sqlx::postgres::PgConnectOptions {
+    pool.connect_options().as_ref().clone()
+}
+
+#[sqlx::test]
+async fn find_by_identities_answers_each_input_in_order(pool: PgPool) {
+    let known = users(&pool, 3).await;
+    let unknown = Identity::parse("clerk", "user_nobody").unwrap();
+    let other_provider = Identity::parse("google", "user_look_1").unwrap();
+    let asked = [
+        known[2].0.clone(),
+        unknown.clone(),
+        known[0].0.clone(),
+        other_provider,
+        known[2].0.clone(),
+    ];
+    let found = find_by_identities(&pool, &asked).await.unwrap();
+    let ids: Vec<Option<livermore_db::UserId>> =
+        found.iter().map(|u| u.as_ref().map(|u| u.id)).collect();
+    assert_eq!(
+        ids,
+        [
+            Some(known[2].1),
+            None,
+            Some(known[0].1),
+            None,
+            Some(known[2].1)
+        ]
+    );
+    assert!(find_by_identities(&pool, &[]).await.unwrap().is_empty());
+}
+
+#[sqlx::test]
+async fn concurrent_lookups_are_answered_right_and_share_statements(pool: PgPool) {
+    let known = Arc::new(users(&pool, 50).await);
+    let lookup = IdentityLookup::connect(options(&pool), 2).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (lookup, known) = (lookup.clone(), known.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in 0..50 {
+                let (identity, id) = &known[(t * 7 + k) % known.len()];
+                let user = lookup
+                    .lookup(identity)
+                    .await
+                    .unwrap()
+                    .expect("a known user");
+                assert_eq!(user.id, *id);
+            }
+            let nobody = Identity::parse("clerk", &format!("user_none_{t}")).unwrap();
+            assert!(lookup.lookup(&nobody).await.unwrap().is_none());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = lookup.stats();
+    assert_eq!(stats.lookups, 64 * 51);
+    assert!(
+        stats.statements * 2 < stats.lookups,
+        "concurrent calls go out together: {stats:?}"
+    );
+
+    // One call at a time goes out alone, at once.
+    let before = lookup.stats();
+    lookup.lookup(&known[0].0).await.unwrap();
+    let after = lookup.stats();
+    assert_eq!(
+        (
+            after.statements - before.statements,
+            after.lookups - before.lookups
+        ),
+        (1, 1)
+    );
+}
+
+/// A task that commits a role change sees it in its next look-up, while 64 others look up all the
+/// time: every answer comes from a statement sent after the call.
+#[sqlx::test]
+async fn a_committed_change_is_seen_by_the_next_lookup(pool: PgPool) {
+    let known = Arc::new(users(&pool, 64).await);
+    let lookup = IdentityLookup::connect(options(&pool), 3).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for t in 0..64 {
+        let (lookup, known, stop) = (lookup.clone(), known.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut k = t;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                lookup.lookup(&known[k % known.len()].0).await.unwrap();
+                k += 1;
+            }
+        }));
+    }
+    // Commits need not wait for the disk here: what is tested is visibility, which does not depend on it.
+    let mut writer = pool.acquire().await.unwrap();
+    sqlx::query("SET synchronous_commit = off")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let (identity, id) = known[0].clone();
+    let roles = [
+        Role::Admin,
+        Role::SubscriberBasic,
+        Role::User,
+        Role::SubscriberPro,
+    ];
+    for i in 0..10_000 {
+        let role = roles[i % roles.len()];
+        set_role(&mut *writer, id, role).await.unwrap();
+        let seen = lookup.lookup(&identity).await.unwrap().unwrap();
+        assert_eq!(seen.role, role, "iteration {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert!(lookup.stats().statements < lookup.stats().lookups);
+}
+
+#[sqlx::test]
+async fn a_broken_connection_fails_only_its_calls_and_is_replaced(pool: PgPool) {
+    let known = users(&pool, 2).await;
+    let lookup = IdentityLookup::connect(options(&pool).application_name("lookup-under-test"), 2)
+        .await
+        .unwrap();
+    lookup.lookup(&known[0].0).await.unwrap().unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'lookup-under-test'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true, true]);
+    // Each dead connection fails the one statement it carries, then is replaced.
+    let mut failures = 0;
+    for _ in 0..10 {
+        match lookup.lookup(&known[1].0).await {
+            Ok(found) => assert_eq!(found.unwrap().id, known[1].1),
+            Err(Error::Lookup(_)) => failures += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(failures <= 2, "{failures} failures");
+    lookup.lookup(&known[0].0).await.unwrap().unwrap();
+}
+
+#[sqlx::test]
+async fn callers_that_go_away_break_nothing(pool: PgPool) {
+    let known = Arc::new(users(&pool, 5).await);
+    let lookup = IdentityLookup::connect(options(&pool), 1).await.unwrap();
+    // Hundreds of calls abandoned at once, some before and some after they went out.
+    let mut tasks = Vec::new();
+    for t in 0..300 {
+        let (lookup, known) = (lookup.clone(), known.clone());
+        tasks.push(tokio::spawn(async move {
+            lookup.lookup(&known[t % 5].0).await.ok();
+        }));
+    }
+    for (i, t) in tasks.iter().enumerate() {
+        if i % 2 == 0 {
+            t.abort();
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    for (identity, id) in known.iter() {
+        assert_eq!(lookup.lookup(identity).await.unwrap().unwrap().id, *id);
+    }
+}
