@@ -1,62 +1,140 @@
 //! `make bench`: the library's hot paths measured side by side with PostgreSQL's own tools, in the same
 //! run, on the same database. A benchmark, not a test: it prints numbers and ratios and asserts nothing.
 //!
+//! Every cell is measured as interleaved pairs (library, tool, library, tool, …; `BENCH_PAIRS`,
+//! default 5) and reported as the median of each side with its spread (min–max); the ratio is of the
+//! medians. pgbench runs the library's own statements, read from the committed `.sqlx/` cache (the
+//! harness stops if it cannot find them), with `-M prepared`; the database is its last, positional
+//! argument (`-d` is `--debug` in pgbench).
+//!
 //! 1. Loads 100 000 users (90 % with a Clerk identity) into a scratch database `livermore_bench`.
-//! 2. Identity look-up: `find_by_identity` from 1, 4 and 16 concurrent tasks, against `pgbench -M
-//!    prepared` running the same SELECT with as many clients.
-//! 3. Sign-in upsert: `sign_in` of returning users, against pgbench running the same INSERT … ON
-//!    CONFLICT … DO UPDATE.
-//! 4. Backfill: `clerk::apply_batch` of 100 000 new Clerk users into `users`, against `psql \copy` of the
-//!    same rows into a table of the same shape (`LIKE users INCLUDING ALL`) holding the same 100 000
-//!    users beforehand.
+//! 2. Identity look-up through a pool (`find_by_identity(&pool, …)`), on one held connection, and
+//!    through `IdentityLookup`, from 1 to 64 tasks, against pgbench with as many clients; p50/p99
+//!    latencies for the handle and pgbench.
+//! 3. Sign-in upsert: `sign_in` of returning users, against pgbench running the same statement.
+//! 4. Backfill: `clerk::apply_batch` of 100 000 new Clerk users, against `psql \copy` of the same rows
+//!    into a table of the same shape holding the same users beforehand; both are reset between pairs.
 //!
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
-//! measurement, default 5), BENCH_ONLY (`lookup`, `upsert` or `backfill`: that part alone), BENCH_BATCH (backfill batch size, default `clerk::DEFAULT_BATCH_SIZE`).
+//! measurement, default 3), BENCH_PAIRS (default 5), BENCH_ONLY (`lookup`, `handle`, `upsert` or
+//! `backfill`: that part alone), BENCH_CLIENTS (only the cells with that many clients).
 // The harness sets up databases and tables at run time (clippy.toml forbids that in the crate).
 #![allow(clippy::disallowed_methods)]
 use std::io::Write;
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use livermore_db::clerk::{ClerkUser, apply_batch};
-use livermore_db::{Identity, Profile, find_by_identity, sign_in};
+use livermore_db::{Identity, IdentityLookup, Profile, find_by_identity, sign_in};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool};
 
 const USERS: u32 = 100_000;
 const WITH_IDENTITY: u32 = 90_000;
-const CLIENTS: [u32; 3] = [1, 4, 16];
 const DATABASE: &str = "livermore_bench";
 
 /// The server's password, for psql and pgbench (through PGPASSWORD).
 static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-const LOOKUP_SQL: &str = r#"\set n random(1, 90000)
-SELECT id, username, email, is_active, created_at, updated_at, identity_provider, identity_sub,
-       display_name, identity_picture_url, role, last_login_at, identity_updated_at
-FROM users WHERE identity_provider = 'clerk' AND identity_sub = 'user_bench_' || :n;
-"#;
+/// The one statement in `.sqlx/` whose text satisfies `matches`; stops the harness otherwise.
+fn cached_statement(what: &str, matches: impl Fn(&str) -> bool) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/.sqlx");
+    let found: Vec<String> = std::fs::read_dir(dir)
+        .expect("read .sqlx/")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|text| {
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some(v["query"].as_str()?.to_owned())
+        })
+        .filter(|q| matches(q))
+        .collect();
+    match found.as_slice() {
+        [one] => one.clone(),
+        other => panic!(
+            "expected exactly one {what} statement in .sqlx/, found {}: the harness must run the library's own SQL",
+            other.len()
+        ),
+    }
+}
 
-const UPSERT_SQL: &str = r#"\set n random(1, 90000)
-INSERT INTO users (username, email, identity_provider, identity_sub, display_name, identity_picture_url)
-VALUES ('bench' || :n, 'bench' || :n || '@example.com', 'clerk', 'user_bench_' || :n, 'Bench User ' || :n, NULL)
-ON CONFLICT (identity_provider, identity_sub) WHERE identity_provider IS NOT NULL
-DO UPDATE SET email = EXCLUDED.email, display_name = EXCLUDED.display_name,
-              identity_picture_url = EXCLUDED.identity_picture_url, updated_at = now() AT TIME ZONE 'UTC'
-RETURNING id, username, email, is_active, created_at, updated_at, identity_provider, identity_sub,
-          display_name, identity_picture_url, role, last_login_at, identity_updated_at, (xmax = 0) AS created;
-"#;
+/// `find_by_identity`'s statement as a pgbench script: `$1` the provider, `$2` a random subject.
+fn lookup_script() -> String {
+    let sql = cached_statement("find_by_identity", |q| {
+        q.starts_with("SELECT id, username")
+            && q.contains("WHERE identity_provider = $1 AND identity_sub = $2")
+    });
+    format!(
+        "\\set n random(1, {WITH_IDENTITY})\n{};\n",
+        sql.replace("$1", "'clerk'")
+            .replace("$2", "('user_bench_' || :n)")
+    )
+}
 
-struct Row {
+/// The sign-in upsert's statement as a pgbench script, with a returning user's values.
+fn upsert_script() -> String {
+    let sql = cached_statement("sign-in upsert", |q| {
+        q.contains("ON CONFLICT (identity_provider, identity_sub)") && q.contains("(xmax = 0)")
+    });
+    format!(
+        "\\set n random(1, {WITH_IDENTITY})\n{};\n",
+        sql.replace("$1", "('bench' || :n)")
+            .replace("$2", "('bench' || :n || '@example.com')")
+            .replace("$3", "'clerk'")
+            .replace("$4", "('user_bench_' || :n)")
+            .replace("$5", "('Bench User ' || :n)")
+            .replace("$6", "NULL")
+    )
+}
+
+/// One measurement: a rate, and per-operation latencies in microseconds where recorded.
+#[derive(Default)]
+struct Sample {
+    rate: f64,
+    latencies: Vec<u32>,
+}
+
+/// A row of the report: pairs of samples.
+struct Cell {
     what: String,
-    library: f64,
-    tool: f64,
     unit: &'static str,
     tool_name: &'static str,
-    target: f64,
+    /// The ratio the library should reach, if the issue set one.
+    target: Option<f64>,
+    library: Vec<Sample>,
+    tool: Vec<Sample>,
+    latency: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn summary(samples: &[Sample]) -> (f64, f64, f64) {
+    let rates: Vec<f64> = samples.iter().map(|s| s.rate).collect();
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rates.iter().copied().fold(0.0, f64::max);
+    (median(rates), min, max)
+}
+
+fn percentile(samples: &[Sample], p: f64) -> Option<f64> {
+    let mut all: Vec<u32> = samples
+        .iter()
+        .flat_map(|s| s.latencies.iter().copied())
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    all.sort_unstable();
+    let i = ((all.len() - 1) as f64 * p).round() as usize;
+    Some(f64::from(all[i]) / 1000.0)
 }
 
 /// A small, fast, seedable generator for picking users.
@@ -87,8 +165,8 @@ fn pg_tool(name: &str) -> String {
 }
 
 /// Host, port and user for psql and pgbench, and the database as the last, positional argument: in
-/// pgbench `-d` is `--debug`, not the database. The password goes through PGPASSWORD ([`password`]),
-/// never the command line.
+/// pgbench `-d` is `--debug`, not the database. The password goes through PGPASSWORD, never the
+/// command line.
 fn conn_args(o: &PgConnectOptions) -> Vec<String> {
     vec![
         "-h".into(),
@@ -131,12 +209,22 @@ fn password(url: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Runs pgbench with a script; returns transactions per second.
-fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> f64 {
-    let path = std::env::temp_dir().join(format!("livermore-bench-{}.sql", std::process::id()));
+/// Runs pgbench with a script for `seconds`; the rate, and with `latency` the per-transaction
+/// latencies from its log (`-l`).
+fn pgbench(
+    o: &PgConnectOptions,
+    script: &str,
+    clients: u32,
+    seconds: u64,
+    latency: bool,
+) -> Sample {
+    let dir = std::env::temp_dir().join(format!("livermore-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a folder for pgbench");
+    let path = dir.join("script.sql");
     std::fs::write(&path, script).expect("write the pgbench script");
-    let out = Command::new(pg_tool("pgbench"))
-        .args(["-n", "-M", "prepared"])
+    let mut cmd = Command::new(pg_tool("pgbench"));
+    cmd.args(["-n", "-M", "prepared"])
         .args([
             "-c",
             &clients.to_string(),
@@ -144,50 +232,83 @@ fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> f6
             &clients.min(2).to_string(),
         ])
         .args(["-T", &seconds.to_string(), "-f"])
-        .arg(&path)
+        .arg(&path);
+    if latency {
+        cmd.arg("-l")
+            .arg(format!("--log-prefix={}", dir.join("log").display()));
+    }
+    let out = cmd
         .args(conn_args(o))
         .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    }
     assert!(
         out.status.success(),
         "pgbench failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    text.lines()
+    let rate = text
+        .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .expect("pgbench printed tps")
+        .expect("pgbench printed tps");
+    let mut latencies = Vec::new();
+    if latency {
+        for entry in std::fs::read_dir(&dir).expect("pgbench's logs").flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("log") {
+                continue;
+            }
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            latencies.extend(
+                log.lines()
+                    .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u32>().ok()),
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Sample { rate, latencies }
 }
 
-/// Runs `op` from `clients` tasks for `seconds`; returns operations per second.
-async fn library<F, Fut>(clients: u32, seconds: u64, op: F) -> f64
+/// Runs `op` from `clients` tasks for `seconds`; the rate and each operation's latency.
+async fn library<F, Fut>(clients: u32, seconds: u64, op: F) -> Sample
 where
     F: Fn(u32) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
-    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let (op, done) = (op.clone(), done.clone());
+            let op = op.clone();
             tokio::spawn(async move {
                 let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((u64::from(c) + 1) * 0x2545_F491));
-                while Instant::now() < deadline {
+                let mut latencies = Vec::new();
+                loop {
+                    let t = Instant::now();
+                    if t >= deadline {
+                        break;
+                    }
                     op(rng.below(WITH_IDENTITY) + 1).await;
-                    done.fetch_add(1, Ordering::Relaxed);
+                    latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 }
+                latencies
             })
         })
         .collect();
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await.expect("a benchmark task");
+        latencies.extend(t.await.expect("a benchmark task"));
     }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    Sample {
+        rate: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    }
 }
 
 async fn pool(o: &PgConnectOptions, clients: u32) -> PgPool {
@@ -212,6 +333,17 @@ fn clerk_user(n: u32) -> ClerkUser {
     .expect("a Clerk user")
 }
 
+/// How many of its own connections the handle gets for `clients` concurrent callers.
+fn handle_connections(clients: u32) -> usize {
+    if let Some(n) = std::env::var("BENCH_HANDLE_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return n;
+    }
+    if clients == 1 { 1 } else { 2 }
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo test --all-targets` builds and runs bench targets too, without `--bench`: then only say so.
@@ -223,18 +355,24 @@ async fn main() {
     }
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (make bench sets it)");
     PASSWORD.get_or_init(|| password(&url));
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let batch: usize = std::env::var("BENCH_BATCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(livermore_db::clerk::DEFAULT_BATCH_SIZE);
+    let env_num = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let seconds = env_num("BENCH_SECONDS", 3);
+    let pairs = env_num("BENCH_PAIRS", 5);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    // BENCH_CLIENTS=16: only the cells with that many clients (for profiling one of them).
+    let only_clients = std::env::var("BENCH_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok());
     let runs = |part: &str| only.is_empty() || only == part;
     let server = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
     let o = server.clone().database(DATABASE);
+    let lookup_sql = lookup_script();
+    let upsert_sql = upsert_script();
 
     // A scratch database, migrated, with 100 000 users.
     let mut admin = server
@@ -252,7 +390,7 @@ async fn main() {
         .await
         .unwrap();
     let setup = pool(&o, 2).await;
-    livermore_db::MIGRATOR.run(&setup).await.expect("migrate");
+    livermore_db::migrate(&setup).await.expect("migrate");
     let loaded = Instant::now();
     setup
         .execute(
@@ -271,7 +409,7 @@ async fn main() {
         .await
         .unwrap();
     println!(
-        "loaded {USERS} users ({WITH_IDENTITY} with a Clerk identity) in {:.1} s; PostgreSQL {version}; {} cores; {seconds} s per measurement",
+        "loaded {USERS} users ({WITH_IDENTITY} with a Clerk identity) in {:.1} s; PostgreSQL {version}; {} cores; {seconds} s per measurement, {pairs} interleaved pairs per cell",
         loaded.elapsed().as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -294,56 +432,170 @@ async fn main() {
             .collect(),
     );
 
-    let mut rows = Vec::new();
-    for clients in CLIENTS.into_iter().filter(|_| runs("lookup")) {
-        let p = pool(&o, clients).await;
-        let ids = identities.clone();
-        let lib = library(clients, seconds, move |n| {
-            let (p, ids) = (p.clone(), ids.clone());
-            async move {
-                let found = find_by_identity(&p, &ids[(n - 1) as usize])
-                    .await
-                    .expect("look-up");
-                assert!(found.is_some());
-            }
-        })
-        .await;
-        let tool = pgbench(&o, LOOKUP_SQL, clients, seconds);
-        rows.push(Row {
-            what: format!("identity look-up, {clients:>2} clients"),
-            library: lib,
-            tool,
-            unit: "/s",
-            tool_name: "pgbench",
-            target: 0.9,
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut cell = |what: String, tool_name, unit, target, latency| {
+        cells.push(Cell {
+            what,
+            unit,
+            tool_name,
+            target,
+            library: Vec::new(),
+            tool: Vec::new(),
+            latency,
         });
+        cells.len() - 1
+    };
+    let mut plan: Vec<(usize, &str, u32)> = Vec::new();
+    if runs("lookup") {
+        for clients in [1, 4, 16] {
+            let i = cell(
+                format!("look-up, pool, {clients:>2} clients"),
+                "pgbench",
+                "/s",
+                None,
+                false,
+            );
+            plan.push((i, "pool", clients));
+        }
+        let i = cell(
+            "look-up, held connection, 1 client".to_owned(),
+            "pgbench",
+            "/s",
+            None,
+            false,
+        );
+        plan.push((i, "held", 1));
     }
-    for clients in CLIENTS.into_iter().filter(|_| runs("upsert")) {
-        let p = pool(&o, clients).await;
-        let profiles = profiles.clone();
-        let lib = library(clients, seconds, move |n| {
-            let (p, profiles) = (p.clone(), profiles.clone());
-            async move {
-                let done = sign_in(&p, &profiles[(n - 1) as usize])
+    if runs("lookup") || runs("handle") {
+        for clients in [1, 4, 16, 64] {
+            let target = match clients {
+                1 => Some(0.95),
+                16 => Some(2.0),
+                _ => None,
+            };
+            let i = cell(
+                format!("look-up, IdentityLookup, {clients:>2} clients"),
+                "pgbench",
+                "/s",
+                target,
+                true,
+            );
+            plan.push((i, "handle", clients));
+        }
+    }
+    if runs("upsert") {
+        for clients in [1, 4, 16] {
+            let i = cell(
+                format!("sign-in upsert, {clients:>2} clients"),
+                "pgbench",
+                "/s",
+                Some(0.9),
+                false,
+            );
+            plan.push((i, "upsert", clients));
+        }
+    }
+
+    plan.retain(|(_, _, clients)| only_clients.is_none_or(|c| c == *clients));
+    for (i, kind, clients) in plan {
+        let latency = cells[i].latency;
+        for _ in 0..pairs {
+            let sample = match kind {
+                "pool" => {
+                    let p = pool(&o, clients).await;
+                    let ids = identities.clone();
+                    library(clients, seconds, move |n| {
+                        let (p, ids) = (p.clone(), ids.clone());
+                        async move {
+                            let found = find_by_identity(&p, &ids[(n - 1) as usize])
+                                .await
+                                .expect("look-up");
+                            assert!(found.is_some());
+                        }
+                    })
                     .await
-                    .expect("sign-in");
-                assert!(!done.created);
-            }
-        })
-        .await;
-        let tool = pgbench(&o, UPSERT_SQL, clients, seconds);
-        rows.push(Row {
-            what: format!("sign-in upsert,   {clients:>2} clients"),
-            library: lib,
-            tool,
-            unit: "/s",
-            tool_name: "pgbench",
-            target: 0.9,
-        });
+                }
+                "held" => {
+                    let conn = Arc::new(tokio::sync::Mutex::new(
+                        sqlx::PgConnection::connect_with(&o).await.expect("connect"),
+                    ));
+                    let ids = identities.clone();
+                    library(1, seconds, move |n| {
+                        let (conn, ids) = (conn.clone(), ids.clone());
+                        async move {
+                            let mut conn = conn.lock().await;
+                            let found = find_by_identity(&mut *conn, &ids[(n - 1) as usize])
+                                .await
+                                .expect("look-up");
+                            assert!(found.is_some());
+                        }
+                    })
+                    .await
+                }
+                "handle" => {
+                    let h = IdentityLookup::connect(o.clone(), handle_connections(clients))
+                        .await
+                        .expect("connect the handle");
+                    let ids = identities.clone();
+                    let handle = h.clone();
+                    let sample = library(clients, seconds, move |n| {
+                        let (h, ids) = (h.clone(), ids.clone());
+                        async move {
+                            let found = h.lookup(&ids[(n - 1) as usize]).await.expect("look-up");
+                            assert!(found.is_some());
+                        }
+                    })
+                    .await;
+                    let stats = handle.stats();
+                    eprintln!(
+                        "  IdentityLookup, {clients} clients: {:.0}/s, {} statements, {:.1} look-ups each",
+                        sample.rate,
+                        stats.statements,
+                        stats.lookups as f64 / stats.statements.max(1) as f64
+                    );
+                    sample
+                }
+                _ => {
+                    let p = pool(&o, clients).await;
+                    let profiles = profiles.clone();
+                    library(clients, seconds, move |n| {
+                        let (p, profiles) = (p.clone(), profiles.clone());
+                        async move {
+                            let done = sign_in(&p, &profiles[(n - 1) as usize])
+                                .await
+                                .expect("sign-in");
+                            assert!(!done.created);
+                        }
+                    })
+                    .await
+                }
+            };
+            cells[i].library.push(sample);
+            let script = if kind == "upsert" {
+                &upsert_sql
+            } else {
+                &lookup_sql
+            };
+            cells[i]
+                .tool
+                .push(pgbench(&o, script, clients, seconds, latency));
+        }
     }
 
     if runs("backfill") {
-        // Backfill: 100 000 new Clerk users through the library, and the same rows through \copy.
+        let i = cells.len();
+        cells.push(Cell {
+            what: format!(
+                "backfill 100k users (chunks of {})",
+                livermore_db::clerk::DEFAULT_BATCH_SIZE
+            ),
+            unit: " rows/s",
+            tool_name: "psql \\copy",
+            target: Some(0.5),
+            library: Vec::new(),
+            tool: Vec::new(),
+            latency: false,
+        });
         let users: Vec<(usize, ClerkUser)> =
             (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
         // Both start from the same state: the 100 000 users loaded above, in a table of the same shape.
@@ -355,22 +607,7 @@ async fn main() {
             .execute("INSERT INTO users_copy SELECT * FROM users")
             .await
             .unwrap();
-        setup
-            .execute("VACUUM ANALYZE users, users_copy")
-            .await
-            .unwrap();
-        let mut conn = setup.acquire().await.unwrap();
-        let started = Instant::now();
-        let mut created = 0;
-        for chunk in users.chunks(batch) {
-            created += apply_batch(&mut *conn, chunk)
-                .await
-                .expect("backfill")
-                .created;
-        }
-        let lib = f64::from(USERS) / started.elapsed().as_secs_f64();
-        assert_eq!(created, USERS as usize);
-
+        // The same rows for \copy, as the library writes them.
         let csv = std::env::temp_dir().join(format!("livermore-bench-{}.csv", std::process::id()));
         {
             let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
@@ -379,7 +616,7 @@ async fn main() {
                 let email = p.email.expect("bench users have an address");
                 writeln!(
                     f,
-                    "{},{},clerk,{},{},{},user,{},{},true",
+                    "{},{},clerk,{},{},{},user,clerk,{},{},{},true",
                     livermore_db::username_from_email(&email),
                     email,
                     p.subject,
@@ -387,58 +624,93 @@ async fn main() {
                     p.picture_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
                     p.last_sign_in_at.unwrap().naive_utc(),
                     p.updated_at.naive_utc(),
+                    p.updated_at.naive_utc(),
                 )
                 .unwrap();
             }
         }
         let copy = format!(
-            "\\copy users_copy (username, email, identity_provider, identity_sub, display_name, identity_picture_url, role, last_login_at, identity_updated_at, is_active) FROM '{}' WITH (FORMAT csv)",
+            "\\copy users_copy (username, email, identity_provider, identity_sub, display_name, identity_picture_url, role, role_source, last_login_at, identity_updated_at, identity_role_updated_at, is_active) FROM '{}' WITH (FORMAT csv)",
             csv.display()
         );
-        let started = Instant::now();
-        let out = Command::new(pg_tool("psql"))
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
-            .args(conn_args(&o))
-            .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
-            .output()
-            .expect("run psql");
-        let tool = f64::from(USERS) / started.elapsed().as_secs_f64();
-        assert!(
-            out.status.success(),
-            "psql \\copy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for _ in 0..pairs {
+            for table in ["users", "users_copy"] {
+                setup
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE identity_sub LIKE 'user\\_fill\\_%'"
+                    )))
+                    .await
+                    .unwrap();
+            }
+            setup
+                .execute("VACUUM ANALYZE users, users_copy")
+                .await
+                .unwrap();
+            let mut conn = setup.acquire().await.unwrap();
+            let started = Instant::now();
+            let report = apply_batch(&mut *conn, &users).await.expect("backfill");
+            let rate = f64::from(USERS) / started.elapsed().as_secs_f64();
+            assert_eq!(report.created, USERS as usize);
+            drop(conn);
+            cells[i].library.push(Sample {
+                rate,
+                latencies: Vec::new(),
+            });
+
+            let started = Instant::now();
+            let out = Command::new(pg_tool("psql"))
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
+                .args(conn_args(&o))
+                .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
+                .output()
+                .expect("run psql");
+            let rate = f64::from(USERS) / started.elapsed().as_secs_f64();
+            assert!(
+                out.status.success(),
+                "psql \\copy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            cells[i].tool.push(Sample {
+                rate,
+                latencies: Vec::new(),
+            });
+        }
         let _ = std::fs::remove_file(&csv);
-        rows.push(Row {
-            what: format!("backfill 100k users (batch {batch})"),
-            library: lib,
-            tool,
-            unit: " rows/s",
-            tool_name: "psql \\copy",
-            target: 0.5,
-        });
     }
 
     println!();
     println!(
-        "{:<36} {:>16} {:>26} {:>7} {:>8}",
-        "benchmark", "library", "PostgreSQL's tool", "ratio", "target"
+        "{:<38} {:>24} {:>34} {:>6} {:>7}",
+        "benchmark (median, min-max)", "library", "PostgreSQL's tool", "ratio", "target"
     );
-    for r in &rows {
-        let ratio = r.library / r.tool;
+    for c in cells.iter().filter(|c| !c.library.is_empty()) {
+        let (lib, lib_min, lib_max) = summary(&c.library);
+        let (tool, tool_min, tool_max) = summary(&c.tool);
+        let ratio = lib / tool;
+        let target = c.target.map_or(String::new(), |t| format!(">={t}x"));
+        let below = c.target.is_some_and(|t| ratio < t);
         println!(
-            "{:<36} {:>16} {:>26} {:>6.2}x {:>6}{}",
-            r.what,
-            format!("{:.0}{}", r.library, r.unit),
-            format!("{:.0}{} ({})", r.tool, r.unit, r.tool_name),
+            "{:<38} {:>24} {:>34} {:>5.2}x {:>7}{}",
+            c.what,
+            format!("{lib:.0}{} ({lib_min:.0}-{lib_max:.0})", c.unit),
+            format!(
+                "{tool:.0}{} ({tool_min:.0}-{tool_max:.0}) {}",
+                c.unit, c.tool_name
+            ),
             ratio,
-            format!(">={}x", r.target),
-            if ratio >= r.target {
-                ""
-            } else {
-                "  BELOW TARGET"
-            }
+            target,
+            if below { "  BELOW TARGET" } else { "" }
         );
+        if c.latency {
+            let ms =
+                |s: &[Sample], p| percentile(s, p).map_or("-".to_owned(), |v| format!("{v:.2}"));
+            println!(
+                "{:<38} {:>24} {:>34}",
+                "  latency p50 / p99 (ms)",
+                format!("{} / {}", ms(&c.library, 0.5), ms(&c.library, 0.99)),
+                format!("{} / {}", ms(&c.tool, 0.5), ms(&c.tool, 0.99)),
+            );
+        }
     }
     setup.close().await;
     admin

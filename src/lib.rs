@@ -53,7 +53,9 @@ pub use users::{
 /// The difference from sqlx's defaults: no `test_before_acquire` (sqlx's default pings the server on
 /// every acquire, a round trip as long as the look-up itself; a broken connection surfaces as an
 /// error on use instead, and `max_lifetime` retires old ones). Set `max_connections` to your
-/// concurrency.
+/// concurrency. What it cannot remove: sqlx 0.9 pings the server again on every *release*
+/// (`return_to_pool`), whatever the options; for the per-request look-up use
+/// [`IdentityLookup`], which holds its connections.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), sqlx::Error> {

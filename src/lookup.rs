@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::input::Identity;
-use crate::users::{User, find_by_identities, find_by_identity};
+use crate::users::{User, find_by_identity, find_identities};
 
 /// The most look-ups one statement carries, unless told otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 128;
@@ -27,7 +27,7 @@ struct Request {
 
 /// A look-up handle for the hot path of every authenticated request: it owns a few connections of its
 /// own (no pool, so no acquire and release per call) and sends concurrent look-ups together, as one
-/// [`find_by_identities`] statement per connection round trip.
+/// [`find_by_identities`](crate::find_by_identities) statement per connection round trip.
 ///
 /// - A call made while a connection is free goes out at once, alone: no timer, no added latency.
 /// - While every connection has a statement in flight, new calls queue; when a connection frees,
@@ -59,7 +59,7 @@ struct Request {
 /// ```
 #[derive(Clone)]
 pub struct IdentityLookup {
-    queue: mpsc::Sender<Request>,
+    queue: async_channel::Sender<Request>,
     counts: Arc<Counts>,
 }
 
@@ -101,8 +101,7 @@ impl IdentityLookup {
         for _ in 0..connections.max(1) {
             opened.push(PgConnection::connect_with(&options).await?);
         }
-        let (queue, requests) = mpsc::channel(QUEUE);
-        let requests = Arc::new(Mutex::new(requests));
+        let (queue, requests) = async_channel::bounded(QUEUE);
         let options = Arc::new(options);
         let counts = Arc::new(Counts::default());
         for conn in opened {
@@ -145,26 +144,32 @@ impl IdentityLookup {
 async fn worker(
     mut conn: Option<PgConnection>,
     options: Arc<PgConnectOptions>,
-    requests: Arc<Mutex<mpsc::Receiver<Request>>>,
+    requests: async_channel::Receiver<Request>,
     max_batch: usize,
     counts: Arc<Counts>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // Whether the last statement carried more than one call.
+    let mut busy = false;
     loop {
-        let mut batch = {
-            let mut requests = requests.lock().await;
-            let Some(first) = requests.recv().await else {
-                break; // every handle is gone
-            };
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
-            batch
+        // Take the first waiting call. When calls have been arriving together, let the tasks that are
+        // ready run first (no timer: one pass of the scheduler), so that calls made at the same
+        // moment share this statement; then take everything queued behind it. A lone caller skips
+        // the pass.
+        let Ok(first) = requests.recv().await else {
+            break; // every handle is gone
         };
+        if busy {
+            tokio::task::yield_now().await;
+        }
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        busy = batch.len() > 1;
         batch.retain(|r| !r.reply.is_closed());
         if batch.is_empty() {
             continue;
@@ -184,14 +189,18 @@ async fn worker(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let identities: Vec<Identity> = batch.iter().map(|r| r.identity.clone()).collect();
         counts.statements.fetch_add(1, Ordering::Relaxed);
         counts
             .lookups
-            .fetch_add(identities.len() as u64, Ordering::Relaxed);
-        let found = match identities.as_slice() {
-            [one] => find_by_identity(&mut *c, one).await.map(|u| vec![u]),
-            many => find_by_identities(&mut *c, many).await,
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let found = match batch.as_slice() {
+            [one] => find_by_identity(&mut *c, &one.identity)
+                .await
+                .map(|u| vec![u]),
+            many => {
+                let identities: Vec<&Identity> = many.iter().map(|r| &r.identity).collect();
+                find_identities(&mut *c, &identities).await
+            }
         };
         match found {
             Ok(users) => {

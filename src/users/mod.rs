@@ -79,6 +79,15 @@ pub async fn find_by_identities(
     executor: impl PgExecutor<'_>,
     identities: &[Identity],
 ) -> Result<Vec<Option<User>>, Error> {
+    let identities: Vec<&Identity> = identities.iter().collect();
+    find_identities(executor, &identities).await
+}
+
+/// [`find_by_identities`] over borrowed identities (the look-up handle's requests own theirs).
+pub(crate) async fn find_identities(
+    executor: impl PgExecutor<'_>,
+    identities: &[&Identity],
+) -> Result<Vec<Option<User>>, Error> {
     if identities.is_empty() {
         return Ok(Vec::new());
     }
@@ -90,31 +99,36 @@ pub async fn find_by_identities(
                   u.identity_provider, u.identity_sub, u.display_name, u.identity_picture_url,
                   u.role, u.last_login_at, u.identity_updated_at, u.identity_role_updated_at,
                   u.role_source, u.released_email
-           FROM (SELECT DISTINCT * FROM unnest($1::varchar[], $2::varchar[])) AS i(provider, sub)
+           FROM unnest($1::varchar[], $2::varchar[]) AS i(provider, sub)
            JOIN users u ON u.identity_provider = i.provider AND u.identity_sub = i.sub"#,
         &providers as &[&str],
         &subjects as &[&str],
     )
     .fetch_all(executor)
     .await?;
-    let by_identity: HashMap<(String, String), User> = rows
-        .into_iter()
-        .map(User::from)
-        .filter_map(|u| {
-            let key = (u.identity_provider.clone()?, u.identity_sub.clone()?);
-            Some((key, u))
-        })
-        .collect();
-    Ok(identities
-        .iter()
-        .map(|i| {
-            let key = (
-                i.provider.as_str().to_owned(),
-                i.subject.as_str().to_owned(),
-            );
-            by_identity.get(&key).cloned()
-        })
-        .collect())
+    // Each row goes to the inputs that asked for it, moved (cloned only for a repeated identity).
+    let mut positions: HashMap<(&str, &str), Vec<usize>> = HashMap::with_capacity(identities.len());
+    for (i, (provider, subject)) in providers.iter().zip(&subjects).enumerate() {
+        positions.entry((*provider, *subject)).or_default().push(i);
+    }
+    let mut found: Vec<Option<User>> = vec![None; identities.len()];
+    for row in rows {
+        let key = (
+            row.identity_provider.as_deref().unwrap_or_default(),
+            row.identity_sub.as_deref().unwrap_or_default(),
+        );
+        let Some(at) = positions.get(&key).cloned() else {
+            continue;
+        };
+        let user = User::from(row);
+        if let Some((last, rest)) = at.split_last() {
+            for &i in rest {
+                found[i] = Some(user.clone());
+            }
+            found[*last] = Some(user);
+        }
+    }
+    Ok(found)
 }
 
 /// Finds a user by id; `Ok(None)` when there is none.
