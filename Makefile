@@ -33,7 +33,7 @@ export LIVERMORE_IMPORT_FILE := $(value FILE)
 unexport ENV FILE DRY_RUN
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
-  test-consumer test-make test-package lint doc fmt example bench
+  test-consumer test-make test-package lint doc fmt example webhook bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -154,6 +154,10 @@ doc: ## cargo doc with warnings as errors
 example: migrate ## Run examples/sign_in.rs against the database: sign in twice, log in, set a role
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) run --quiet --example sign_in
+
+webhook: migrate ## Serve examples/clerk_webhook.rs (LISTEN_ADDR, CLERK_WEBHOOK_SECRET) on the local database
+	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
+	SQLX_OFFLINE=true $(CARGO) run --quiet --features clerk-webhook --example clerk_webhook
 
 bench: ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \

@@ -69,6 +69,11 @@ pub enum Error {
     #[error("identity look-up failed: {0}")]
     Lookup(String),
 
+    /// A Clerk webhook request was refused before anything was applied (feature `clerk-webhook`).
+    #[cfg(feature = "clerk-webhook")]
+    #[error("webhook refused: {0}")]
+    Webhook(#[from] crate::clerk::WebhookError),
+
     /// A migration could not be applied, reverted or verified.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

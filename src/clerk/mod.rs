@@ -92,6 +92,8 @@ mod apply;
 mod backfill;
 mod payload;
 mod profile;
+#[cfg(feature = "clerk-webhook")]
+pub mod webhook;
 
 use std::future::Future;
 
@@ -102,6 +104,11 @@ pub use apply::{Applied, Outcome};
 pub use backfill::{BackfillReport, DEFAULT_BATCH_SIZE, RecordNote, apply_batch, apply_events};
 pub use payload::{ClerkDeleted, ClerkEmailAddress, ClerkEvent, ClerkUser, ClerkVerification};
 pub use profile::{ClerkProfile, MetadataRole};
+#[cfg(feature = "clerk-webhook")]
+pub use webhook::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_TOLERANCE, VerifiedEvent, WebhookError, WebhookHeaders,
+    WebhookVerifier,
+};
 
 use crate::error::Error;
 use crate::input::Subject;

@@ -12,6 +12,8 @@ mod lookup;
 mod migrations;
 mod roles;
 mod users;
+#[cfg(feature = "clerk-webhook")]
+mod webhook;
 
 // These run the operator command, built with the `cli` feature.
 #[cfg(feature = "cli")]

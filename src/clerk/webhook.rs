@@ -1,0 +1,768 @@
+//! Verifying Clerk's webhooks before anything is applied (feature `clerk-webhook`).
+//!
+//! Clerk sends webhooks through Svix, which follows the [Standard Webhooks] specification: each
+//! request carries an id, a Unix timestamp and one or more signatures, `v1,<base64>`, each an
+//! HMAC-SHA256 of `"{id}.{timestamp}.{body}"` under a signing secret `whsec_<base64 key>`. Headers are
+//! spelled `svix-id`/`svix-timestamp`/`svix-signature` or `webhook-id`/`webhook-timestamp`/
+//! `webhook-signature`; both are accepted (never mixed within one request).
+//!
+//! An unverified endpoint lets anyone create users, grant themselves `admin` through
+//! `public_metadata.role` or deactivate anyone: verify every request, then apply the event.
+//!
+//! - Signatures are compared in constant time (RustCrypto's `Mac::verify_slice`); any one valid
+//!   signature under any one secret suffices, so secrets can be rotated (give both, old and new).
+//! - The timestamp must be within a tolerance of now (default 5 minutes, either way): a captured
+//!   request cannot be replayed later. Within the tolerance a replay is harmless: applying the same
+//!   event again changes nothing ([`Outcome::Stale`](super::Outcome::Stale)).
+//! - The body is bounded (default 1 MiB) and checked before any work.
+//! - No error message holds a secret, a signature or any part of the body.
+//!
+//! [Standard Webhooks]: https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
+//!
+//! # Examples
+//!
+//! ```
+//! use livermore_db::clerk::{WebhookHeaders, WebhookVerifier};
+//!
+//! // Built once at start-up, from CLERK_WEBHOOK_SECRET (several secrets: space-separated).
+//! let verifier = WebhookVerifier::from_list("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+//!
+//! // Per request: the three headers (from any HTTP library's header map) and the raw body.
+//! let request_headers = [
+//!     ("svix-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+//!     ("svix-timestamp", "1614265330"),
+//!     ("svix-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),
+//! ];
+//! let headers = WebhookHeaders::from_lookup(|name| {
+//!     request_headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+//! })?;
+//! let body = br#"{"test": 2432232314}"#;
+//!
+//! // The example was signed in 2021: now it is a replay, refused.
+//! assert!(verifier.verify(&headers, body).is_err());
+//! # Ok::<(), livermore_db::clerk::WebhookError>(())
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::ClerkEvent;
+
+/// How far a webhook's timestamp may be from now, either way, by default: 5 minutes.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// The largest body accepted by default: 1 MiB (Clerk's user events are a few KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The shortest signing key accepted, in bytes (Standard Webhooks: 24 to 64; Svix's are 24).
+const MIN_KEY_BYTES: usize = 24;
+/// The longest message id accepted.
+const MAX_ID_BYTES: usize = 256;
+/// Signatures looked at in one header, at most (Svix sends one per active secret).
+const MAX_SIGNATURES: usize = 16;
+
+/// Why a webhook request was refused. No variant holds a secret, a signature or the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// No signing secret was given to the verifier.
+    #[error("no webhook signing secret given")]
+    NoSecret,
+
+    /// A signing secret is not `whsec_` followed by a base64 key of at least 24 bytes; `position`
+    /// counts from 1 in the order given. The secret itself is never shown.
+    #[error("webhook signing secret #{position} is malformed: {reason}")]
+    BadSecret {
+        /// Which secret, counting from 1.
+        position: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A header the specification requires is absent in both spellings (`webhook-*`, `svix-*`).
+    #[error("missing header {name} (or its svix- spelling)")]
+    MissingHeader {
+        /// The header's `webhook-*` name.
+        name: &'static str,
+    },
+
+    /// A header is present but malformed (an empty or over-long id, a timestamp that is not whole
+    /// seconds).
+    #[error("malformed header {name}: {reason}")]
+    BadHeader {
+        /// The header's name as received.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// No signature in the header matches the id, timestamp and body under any of the secrets.
+    #[error("no valid webhook signature")]
+    NoValidSignature,
+
+    /// The timestamp is further in the past than the tolerance: a late replay.
+    #[error("webhook timestamp is {age_secs} s old, over the tolerance of {tolerance_secs} s")]
+    TimestampTooOld {
+        /// How old it is, in seconds.
+        age_secs: u64,
+        /// The tolerance, in seconds.
+        tolerance_secs: u64,
+    },
+
+    /// The timestamp is further in the future than the tolerance.
+    #[error("webhook timestamp is {ahead_secs} s ahead, over the tolerance of {tolerance_secs} s")]
+    TimestampTooNew {
+        /// How far ahead it is, in seconds.
+        ahead_secs: u64,
+        /// The tolerance, in seconds.
+        tolerance_secs: u64,
+    },
+
+    /// The body is larger than the verifier's limit; it was not read further.
+    #[error("webhook body of {len} bytes is over the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The body's length (as far as known; at least `limit + 1`).
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The body is validly signed but is not a Clerk event envelope (`{"type": …, "data": …}`). The
+    /// reason names the position and, for a missing field, the field, never a value from the body.
+    #[error("the body is not a Clerk event: {reason}")]
+    NotClerkEvent {
+        /// What is wrong, without values from the body.
+        reason: String,
+    },
+}
+
+impl WebhookError {
+    /// Whether the request failed authentication (a missing or bad header, no valid signature, a
+    /// timestamp out of tolerance): an HTTP service answers 401.
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            WebhookError::MissingHeader { .. }
+                | WebhookError::BadHeader { .. }
+                | WebhookError::NoValidSignature
+                | WebhookError::TimestampTooOld { .. }
+                | WebhookError::TimestampTooNew { .. }
+        )
+    }
+}
+
+/// The three headers of one request, found in one spelling: `webhook-*` if `webhook-id` is present,
+/// else `svix-*`.
+#[derive(Clone, Copy)]
+pub struct WebhookHeaders<'a> {
+    id: &'a str,
+    timestamp: &'a str,
+    signature: &'a str,
+    spelling: Spelling,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spelling {
+    Standard,
+    Svix,
+}
+
+impl Spelling {
+    fn names(self) -> [&'static str; 3] {
+        match self {
+            Spelling::Standard => ["webhook-id", "webhook-timestamp", "webhook-signature"],
+            Spelling::Svix => ["svix-id", "svix-timestamp", "svix-signature"],
+        }
+    }
+}
+
+impl fmt::Debug for WebhookHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookHeaders")
+            .field("id", &self.id)
+            .field("timestamp", &self.timestamp)
+            .field("signature", &"…")
+            .field("spelling", &self.spelling)
+            .finish()
+    }
+}
+
+impl<'a> WebhookHeaders<'a> {
+    /// Finds the headers through `get`, called with lower-case header names (`webhook-id`, …, or
+    /// `svix-id`, …) and returning the value as text, or `None` when absent (or not text).
+    ///
+    /// With axum or any `http::HeaderMap`:
+    /// `WebhookHeaders::from_lookup(|name| map.get(name).and_then(|v| v.to_str().ok()))`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, WebhookError> {
+        let spelling = if get("webhook-id").is_some() {
+            Spelling::Standard
+        } else {
+            Spelling::Svix
+        };
+        let [id, timestamp, signature] = Spelling::Standard.names();
+        let [svix_id, svix_timestamp, svix_signature] = spelling.names();
+        let find = |name: &'static str, wanted: &'static str| {
+            get(name).ok_or(WebhookError::MissingHeader { name: wanted })
+        };
+        Ok(WebhookHeaders {
+            id: find(svix_id, id)?,
+            timestamp: find(svix_timestamp, timestamp)?,
+            signature: find(svix_signature, signature)?,
+            spelling,
+        })
+    }
+
+    /// The message id (the same on every retry of one message): name it in logs.
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+
+    fn name(&self, which: usize) -> &'static str {
+        self.spelling.names()[which]
+    }
+}
+
+/// A verified request: its message id and the Clerk event in its body.
+#[derive(Debug, Clone)]
+pub struct VerifiedEvent {
+    /// The message id (`svix-id`/`webhook-id`), the same on every retry.
+    pub message_id: String,
+    /// The signed timestamp, seconds since the epoch.
+    pub timestamp: i64,
+    /// The event.
+    pub event: ClerkEvent,
+}
+
+/// Verifies webhook requests against one or more signing secrets. Build it once (it decodes the
+/// secrets) and share it: it is cheap to clone and `Send + Sync`. See the [module docs](self).
+#[derive(Clone)]
+pub struct WebhookVerifier {
+    keys: Vec<Hmac<Sha256>>,
+    tolerance: Duration,
+    max_body_bytes: usize,
+}
+
+impl fmt::Debug for WebhookVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookVerifier")
+            .field("secrets", &self.keys.len())
+            .field("tolerance", &self.tolerance)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+impl WebhookVerifier {
+    /// A verifier accepting a signature under any of `secrets` (`whsec_<base64>`, as Clerk's
+    /// dashboard shows them). At least one is required.
+    pub fn new<I, S>(secrets: I) -> Result<Self, WebhookError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let keys = secrets
+            .into_iter()
+            .enumerate()
+            .map(|(i, secret)| signing_key(i + 1, secret.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(WebhookError::NoSecret);
+        }
+        Ok(WebhookVerifier {
+            keys,
+            tolerance: DEFAULT_TOLERANCE,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        })
+    }
+
+    /// A verifier from a whitespace-separated list of secrets, as in `CLERK_WEBHOOK_SECRET="whsec_new
+    /// whsec_old"` while rotating.
+    pub fn from_list(secrets: &str) -> Result<Self, WebhookError> {
+        Self::new(secrets.split_whitespace())
+    }
+
+    /// Sets how far a timestamp may be from now, either way (default [`DEFAULT_TOLERANCE`]).
+    pub fn with_tolerance(mut self, tolerance: Duration) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// Sets the largest body accepted (default [`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// The largest body accepted: give it to your HTTP server's body limit too, so that a larger
+    /// body is never read into memory.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The `v1,<base64>` signature of a message under the first secret, as Svix computes it: for
+    /// your tests (a signed request to your handler) and for replaying recorded deliveries.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = self.keys[0].clone();
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    }
+
+    /// Verifies a request received now and parses its body as a [`ClerkEvent`].
+    pub fn verify(
+        &self,
+        headers: &WebhookHeaders<'_>,
+        body: &[u8],
+    ) -> Result<VerifiedEvent, WebhookError> {
+        self.verify_at(headers, body, SystemTime::now())
+    }
+
+    /// [`verify`](Self::verify) as of `now` (for tests and replays of recorded traffic).
+    pub fn verify_at(
+        &self,
+        headers: &WebhookHeaders<'_>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<VerifiedEvent, WebhookError> {
+        if body.len() > self.max_body_bytes {
+            return Err(WebhookError::BodyTooLarge {
+                len: body.len(),
+                limit: self.max_body_bytes,
+            });
+        }
+        if headers.id.is_empty() || headers.id.len() > MAX_ID_BYTES {
+            return Err(WebhookError::BadHeader {
+                name: headers.name(0),
+                reason: "empty or longer than 256 bytes",
+            });
+        }
+        let timestamp = parse_timestamp(headers.timestamp).ok_or(WebhookError::BadHeader {
+            name: headers.name(1),
+            reason: "not whole seconds since the epoch",
+        })?;
+        self.check_time(timestamp, now)?;
+        self.check_signature(headers, body)?;
+        let event = serde_json::from_slice::<ClerkEvent>(body).map_err(|e| {
+            WebhookError::NotClerkEvent {
+                reason: describe_json_error(&e),
+            }
+        })?;
+        Ok(VerifiedEvent {
+            message_id: headers.id.to_owned(),
+            timestamp,
+            event,
+        })
+    }
+
+    fn check_time(&self, timestamp: i64, now: SystemTime) -> Result<(), WebhookError> {
+        let now = match now.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        };
+        let tolerance = self.tolerance.as_secs();
+        let tolerance_secs = i64::try_from(tolerance).unwrap_or(i64::MAX);
+        let difference = now.saturating_sub(timestamp);
+        if difference > tolerance_secs {
+            return Err(WebhookError::TimestampTooOld {
+                age_secs: difference.unsigned_abs(),
+                tolerance_secs: tolerance,
+            });
+        }
+        if difference < -tolerance_secs {
+            return Err(WebhookError::TimestampTooNew {
+                ahead_secs: difference.unsigned_abs(),
+                tolerance_secs: tolerance,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_signature(
+        &self,
+        headers: &WebhookHeaders<'_>,
+        body: &[u8],
+    ) -> Result<(), WebhookError> {
+        // The signatures given, decoded; entries of other versions or not base64 are skipped, as
+        // the specification asks (a future scheme may sit beside `v1`).
+        let candidates: Vec<Vec<u8>> = headers
+            .signature
+            .split_whitespace()
+            .take(MAX_SIGNATURES)
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .filter_map(|encoded| BASE64.decode(encoded).ok())
+            .collect();
+        if candidates.is_empty() {
+            return Err(WebhookError::NoValidSignature);
+        }
+        for key in &self.keys {
+            let mut mac = key.clone();
+            mac.update(headers.id.as_bytes());
+            mac.update(b".");
+            mac.update(headers.timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            // `verify_slice` compares in constant time (and refuses a tag of another length).
+            if candidates
+                .iter()
+                .any(|signature| mac.clone().verify_slice(signature).is_ok())
+            {
+                return Ok(());
+            }
+        }
+        Err(WebhookError::NoValidSignature)
+    }
+}
+
+/// Decodes one `whsec_` secret into a keyed HMAC. The secret never reaches an error.
+fn signing_key(position: usize, secret: &str) -> Result<Hmac<Sha256>, WebhookError> {
+    let bad = |reason| WebhookError::BadSecret { position, reason };
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .ok_or(bad("does not start with whsec_"))?;
+    let key = BASE64
+        .decode(encoded)
+        .map_err(|_| bad("the part after whsec_ is not base64"))?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(bad("the key is shorter than 24 bytes"));
+    }
+    Hmac::<Sha256>::new_from_slice(&key).map_err(|_| bad("not a usable HMAC key"))
+}
+
+/// Whole seconds since the epoch: ASCII digits only (no sign, no space), at most 12 of them.
+fn parse_timestamp(text: &str) -> Option<i64> {
+    if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A JSON error described without any value from the body: serde's messages quote the offending
+/// value ("invalid type: string \"…\""), so only "missing field" messages (which name a field of
+/// ours) are kept whole.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let what = if message.starts_with("missing field") {
+        return message;
+    } else {
+        match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "a value of the wrong type or shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    const TIMESTAMP: &str = "1614265330";
+    const SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> Result<WebhookHeaders<'a>, WebhookError> {
+        WebhookHeaders::from_lookup(|name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
+    }
+
+    /// The specification's example checks only the signature: its body is not a Clerk event.
+    fn signature_of(verifier: &WebhookVerifier, h: &WebhookHeaders<'_>, body: &[u8]) -> bool {
+        verifier.check_signature(h, body).is_ok()
+    }
+
+    #[test]
+    fn the_specifications_example_verifies() {
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        for prefix in ["svix", "webhook"] {
+            let pairs = [
+                (format!("{prefix}-id"), ID),
+                (format!("{prefix}-timestamp"), TIMESTAMP),
+                (format!("{prefix}-signature"), SIGNATURE),
+            ];
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let h = headers(&pairs).unwrap();
+            assert!(signature_of(&verifier, &h, body), "{prefix}");
+            assert_eq!(verifier.sign(ID, 1614265330, body), SIGNATURE);
+            // The whole path, at the example's own time: signature and time pass; the body is not
+            // a Clerk event.
+            let err = verifier.verify_at(&h, body, at(1614265330)).unwrap_err();
+            assert!(
+                matches!(err, WebhookError::NotClerkEvent { ref reason } if reason == "missing field `type` at line 1 column 20"),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tampering_with_anything_signed_fails() {
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let ok = [
+            ("svix-id", ID),
+            ("svix-timestamp", TIMESTAMP),
+            ("svix-signature", SIGNATURE),
+        ];
+        assert!(signature_of(&verifier, &headers(&ok).unwrap(), body));
+        // The body, the timestamp, the id.
+        assert!(!signature_of(
+            &verifier,
+            &headers(&ok).unwrap(),
+            br#"{"test": 2432232315}"#
+        ));
+        let later = [
+            ("svix-id", ID),
+            ("svix-timestamp", "1614265331"),
+            ("svix-signature", SIGNATURE),
+        ];
+        assert!(!signature_of(&verifier, &headers(&later).unwrap(), body));
+        let other = [
+            ("svix-id", "msg_other"),
+            ("svix-timestamp", TIMESTAMP),
+            ("svix-signature", SIGNATURE),
+        ];
+        assert!(!signature_of(&verifier, &headers(&other).unwrap(), body));
+        // A wrong secret.
+        let wrong = WebhookVerifier::from_list("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        assert!(!signature_of(&wrong, &headers(&ok).unwrap(), body));
+        // Other versions, bad base64, truncated or empty signatures.
+        for signature in [
+            "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE",
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJE",
+            "v1,",
+            "",
+            "v1,!!!!",
+        ] {
+            let h = [
+                ("svix-id", ID),
+                ("svix-timestamp", TIMESTAMP),
+                ("svix-signature", signature),
+            ];
+            assert!(
+                !signature_of(&verifier, &headers(&h).unwrap(), body),
+                "{signature:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_one_signature_under_any_one_secret_suffices() {
+        let body = br#"{"test": 2432232314}"#;
+        // Several signatures, the valid one last.
+        let several = format!("v1,bm9wZQ== v2,abc {SIGNATURE}");
+        let h = [
+            ("webhook-id", ID),
+            ("webhook-timestamp", TIMESTAMP),
+            ("webhook-signature", several.as_str()),
+        ];
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        assert!(signature_of(&verifier, &headers(&h).unwrap(), body));
+        // Rotation: the new secret first, the old one (that signed) second, and the other way round.
+        let new = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for list in [format!("{new} {SECRET}"), format!("{SECRET}\t{new}")] {
+            let verifier = WebhookVerifier::from_list(&list).unwrap();
+            assert!(
+                signature_of(&verifier, &headers(&h).unwrap(), body),
+                "{list}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_outside_the_tolerance_are_refused() {
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        let ok = [
+            ("svix-id", ID),
+            ("svix-timestamp", TIMESTAMP),
+            ("svix-signature", SIGNATURE),
+        ];
+        let h = headers(&ok).unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let t = 1614265330;
+        let not_time = |r: Result<VerifiedEvent, WebhookError>| {
+            matches!(r, Err(WebhookError::NotClerkEvent { .. }))
+        };
+        assert!(not_time(verifier.verify_at(&h, body, at(t + 300))));
+        assert!(not_time(verifier.verify_at(&h, body, at(t - 300))));
+        assert_eq!(
+            verifier.verify_at(&h, body, at(t + 301)).unwrap_err(),
+            WebhookError::TimestampTooOld {
+                age_secs: 301,
+                tolerance_secs: 300
+            }
+        );
+        assert_eq!(
+            verifier.verify_at(&h, body, at(t - 301)).unwrap_err(),
+            WebhookError::TimestampTooNew {
+                ahead_secs: 301,
+                tolerance_secs: 300
+            }
+        );
+        let strict = verifier.clone().with_tolerance(Duration::from_secs(10));
+        assert!(matches!(
+            strict.verify_at(&h, body, at(t + 11)),
+            Err(WebhookError::TimestampTooOld { .. })
+        ));
+        // Today, the example is a replay.
+        assert!(matches!(
+            verifier.verify(&h, body),
+            Err(WebhookError::TimestampTooOld { .. })
+        ));
+        for bad in [
+            "",
+            "-1614265330",
+            "+1614265330",
+            "1614265330.5",
+            " 1614265330",
+            "1e9",
+            "9999999999999",
+        ] {
+            let h = [
+                ("svix-id", ID),
+                ("svix-timestamp", bad),
+                ("svix-signature", SIGNATURE),
+            ];
+            assert_eq!(
+                verifier
+                    .verify_at(&headers(&h).unwrap(), body, at(t))
+                    .unwrap_err(),
+                WebhookError::BadHeader {
+                    name: "svix-timestamp",
+                    reason: "not whole seconds since the epoch"
+                },
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_come_in_one_spelling_and_all_three_are_needed() {
+        assert_eq!(
+            headers(&[("svix-id", ID), ("svix-timestamp", TIMESTAMP)]).unwrap_err(),
+            WebhookError::MissingHeader {
+                name: "webhook-signature"
+            }
+        );
+        assert_eq!(
+            headers(&[]).unwrap_err(),
+            WebhookError::MissingHeader { name: "webhook-id" }
+        );
+        // webhook-id present: the svix-* timestamp and signature are not mixed in.
+        assert_eq!(
+            headers(&[
+                ("webhook-id", ID),
+                ("svix-timestamp", TIMESTAMP),
+                ("svix-signature", SIGNATURE)
+            ])
+            .unwrap_err(),
+            WebhookError::MissingHeader {
+                name: "webhook-timestamp"
+            }
+        );
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        let long = "m".repeat(257);
+        for id in ["", long.as_str()] {
+            let h = [
+                ("svix-id", id),
+                ("svix-timestamp", TIMESTAMP),
+                ("svix-signature", SIGNATURE),
+            ];
+            assert!(matches!(
+                verifier.verify_at(&headers(&h).unwrap(), b"{}", at(1614265330)),
+                Err(WebhookError::BadHeader {
+                    name: "svix-id",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn the_body_is_bounded_before_anything_else() {
+        let verifier = WebhookVerifier::from_list(SECRET)
+            .unwrap()
+            .with_max_body_bytes(10);
+        let h = [
+            ("svix-id", ""),
+            ("svix-timestamp", "x"),
+            ("svix-signature", ""),
+        ];
+        assert_eq!(
+            verifier
+                .verify_at(&headers(&h).unwrap(), &[b'x'; 11], at(0))
+                .unwrap_err(),
+            WebhookError::BodyTooLarge { len: 11, limit: 10 }
+        );
+        assert_eq!(
+            WebhookVerifier::from_list(SECRET).unwrap().max_body_bytes(),
+            1024 * 1024
+        );
+    }
+
+    #[test]
+    fn bad_secrets_are_refused_without_showing_them() {
+        let cases = [
+            (
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "does not start with whsec_",
+            ),
+            (
+                "whsec_not*base64*at*all*but*long*enough",
+                "the part after whsec_ is not base64",
+            ),
+            ("whsec_c2hvcnQ=", "the key is shorter than 24 bytes"),
+            ("whsec_", "the key is shorter than 24 bytes"),
+        ];
+        for (secret, reason) in cases {
+            let err = WebhookVerifier::new([SECRET, secret]).unwrap_err();
+            assert_eq!(
+                err,
+                WebhookError::BadSecret {
+                    position: 2,
+                    reason
+                }
+            );
+            let shown = format!("{err} {err:?}");
+            if secret.len() > "whsec_".len() {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+        assert_eq!(
+            WebhookVerifier::from_list("  ").unwrap_err(),
+            WebhookError::NoSecret
+        );
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        let shown = format!("{verifier:?}");
+        assert!(
+            !shown.contains("MfKQ") && shown.contains("secrets: 1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn errors_about_the_body_show_none_of_it() {
+        for body in [
+            &br#"{"type": "user.created", "data": {}, "timestamp": "SECRET-VALUE"}"#[..],
+            br#"{"type": ["SECRET-VALUE"], "data": {}}"#,
+            br#"SECRET-VALUE"#,
+            br#"{"type": "SECRET-VALUE""#,
+        ] {
+            let e = serde_json::from_slice::<ClerkEvent>(body).unwrap_err();
+            let reason = describe_json_error(&e);
+            assert!(!reason.contains("SECRET"), "{reason}");
+        }
+    }
+}

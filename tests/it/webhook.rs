@@ -1,0 +1,412 @@
+//! The Clerk webhook service (examples/clerk_webhook.rs) over real HTTP: its router served on an
+//! ephemeral port, signed requests sent with an HTTP client, the database checked after each.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use livermore_db::clerk::WebhookVerifier;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+#[path = "../../examples/clerk_webhook.rs"]
+#[allow(dead_code)]
+mod service;
+
+const SECRET: &str = "whsec_c2VjcmV0LWtleS1vZi10aGUtdGVzdHMtMzItYnl0ZXM=";
+const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1rZXktb2YtdGhlLXRlc3RzLTMy";
+const FORGER: &str = "whsec_Zm9yZ2VyLWtleS1mb3ItdGhlLXRlc3RzLTMyLWJ5dGVz";
+
+struct Service {
+    base: String,
+    client: reqwest::Client,
+}
+
+/// Serves the example's router on 127.0.0.1:0, configured as `main` is, from these variables.
+async fn serve(pool: &PgPool, secrets: &str) -> Service {
+    let config = service::Config::from_lookup(|name| match name {
+        "CLERK_WEBHOOK_SECRET" => Some(secrets.to_owned()),
+        "DATABASE_URL" => Some("postgres://unused-the-test-passes-its-pool".to_owned()),
+        _ => None,
+    })
+    .expect("configuration");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = service::router(pool.clone(), config.verifier);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Service {
+        base,
+        client: reqwest::Client::new(),
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Svix's headers for `body`, signed with `secret` at `timestamp`.
+fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> Vec<(&'static str, String)> {
+    let signature =
+        WebhookVerifier::from_list(secret)
+            .unwrap()
+            .sign(id, timestamp, body.as_bytes());
+    vec![
+        ("svix-id", id.to_owned()),
+        ("svix-timestamp", timestamp.to_string()),
+        ("svix-signature", signature),
+    ]
+}
+
+impl Service {
+    async fn post(
+        &self,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/clerk", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.expect("a response");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Delivers `body` as Svix does: signed now with the service's secret.
+    async fn deliver(&self, id: &str, body: &str) -> (u16, Value) {
+        self.post(&signed(SECRET, id, now(), body), body.to_owned())
+            .await
+    }
+}
+
+fn user(sub: &str, email: &str, updated_at: i64, extra: Value) -> Value {
+    let mut user = json!({
+        "id": sub, "object": "user",
+        "email_addresses": [{"id": "idn_1", "email_address": email, "verification": {"status": "verified"}}],
+        "primary_email_address_id": "idn_1",
+        "first_name": "Ada", "last_name": "Lovelace",
+        "public_metadata": {}, "updated_at": updated_at
+    });
+    if let (Value::Object(u), Value::Object(e)) = (&mut user, extra) {
+        u.extend(e);
+    }
+    user
+}
+
+fn event(kind: &str, data: Value) -> String {
+    json!({"type": kind, "object": "event", "data": data, "timestamp": 1_700_000_000_000i64})
+        .to_string()
+}
+
+/// (is_active, role, email) of the Clerk identity's rows.
+async fn rows(pool: &PgPool, sub: &str) -> Vec<(bool, String, String)> {
+    sqlx::query_as(
+        "SELECT is_active, role, email FROM users
+         WHERE identity_provider = 'clerk' AND identity_sub = $1",
+    )
+    .bind(sub)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn user_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+#[sqlx::test]
+async fn created_updated_deleted_and_replays(pool: PgPool) {
+    let service = serve(&pool, SECRET).await;
+    let sub = "user_http_ada";
+    let created = event("user.created", user(sub, "ada@example.com", T0, json!({})));
+    let (status, body) = service.deliver("msg_1", &created).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    assert_eq!(
+        rows(&pool, sub).await,
+        [(true, "user".into(), "ada@example.com".into())]
+    );
+
+    let updated = event(
+        "user.updated",
+        user(
+            sub,
+            "ada@example.org",
+            T0 + 1,
+            json!({"public_metadata": {"role": "admin"}}),
+        ),
+    );
+    let (status, body) = service.deliver("msg_2", &updated).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("updated")),
+        "{body}"
+    );
+    assert_eq!(
+        rows(&pool, sub).await,
+        [(true, "admin".into(), "ada@example.org".into())]
+    );
+
+    // A replay of the first message (Svix re-signs each attempt): nothing goes back.
+    let (status, body) = service.deliver("msg_1", &created).await;
+    assert_eq!((status, &body["outcome"]), (200, &json!("stale")), "{body}");
+    // The same request byte for byte, again within the tolerance: harmless too.
+    let headers = signed(SECRET, "msg_2", now(), &updated);
+    for _ in 0..2 {
+        let (status, body) = service.post(&headers, updated.clone()).await;
+        assert_eq!((status, &body["outcome"]), (200, &json!("stale")), "{body}");
+    }
+
+    let deleted = event(
+        "user.deleted",
+        json!({"id": sub, "object": "user", "deleted": true}),
+    );
+    let (status, body) = service.deliver("msg_3", &deleted).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("deactivated")),
+        "{body}"
+    );
+    let (status, body) = service.deliver("msg_3", &deleted).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("already_deactivated")),
+        "{body}"
+    );
+    // A late update never brings the user back.
+    let late = event(
+        "user.updated",
+        user(sub, "ada@example.org", T0 + 2, json!({})),
+    );
+    let (status, _) = service.deliver("msg_4", &late).await;
+    assert_eq!(status, 200);
+    let after = rows(&pool, sub).await;
+    assert_eq!(after.len(), 1);
+    assert!(!after[0].0, "deactivated: {after:?}");
+    // Other event types are acknowledged and ignored.
+    let other = event("session.created", json!({"id": "sess_1"}));
+    let (status, body) = service.deliver("msg_5", &other).await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("ignored")),
+        "{body}"
+    );
+}
+
+#[sqlx::test]
+async fn refused_requests_write_nothing(pool: PgPool) {
+    let service = serve(&pool, SECRET).await;
+    let sub = "user_http_mallory";
+    let grab = event(
+        "user.created",
+        user(
+            sub,
+            "mallory@example.com",
+            T0,
+            json!({"public_metadata": {"role": "admin"}}),
+        ),
+    );
+    let t = now();
+    // Signed with another secret; no headers; a signature for another body; one header missing.
+    let forged = signed(FORGER, "msg_f", t, &grab);
+    let (status, body) = service.post(&forged, grab.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], json!("no valid webhook signature"));
+    assert_eq!(service.post(&[], grab.clone()).await.0, 401);
+    let other_body = signed(SECRET, "msg_f", t, "{}");
+    assert_eq!(service.post(&other_body, grab.clone()).await.0, 401);
+    let partial = &signed(SECRET, "msg_f", t, &grab)[..2];
+    assert_eq!(service.post(partial, grab.clone()).await.0, 401);
+    // Correctly signed, but too old or too far ahead: a replay of a captured request.
+    for timestamp in [t - 301, t - 24 * 3600, t + 301] {
+        let (status, body) = service
+            .post(&signed(SECRET, "msg_o", timestamp, &grab), grab.clone())
+            .await;
+        assert_eq!(status, 401, "{timestamp}: {body}");
+    }
+    // Over the 1 MiB limit, signed or not.
+    let huge = format!(
+        "{{\"type\":\"user.created\",\"pad\":\"{}\"}}",
+        "x".repeat(1024 * 1024)
+    );
+    let (status, _) = service
+        .post(&signed(SECRET, "msg_h", t, &huge), huge.clone())
+        .await;
+    assert_eq!(status, 413);
+    // Signed, but not a valid Clerk event: a bad field, an impossible value, not JSON, no data.
+    for (n, bad) in [
+        event(
+            "user.created",
+            user(
+                sub,
+                "mallory@example.com",
+                T0,
+                json!({"updated_at": "yesterday"}),
+            ),
+        ),
+        event(
+            "user.created",
+            user(sub, "mallory@example.com", i64::MAX, json!({})),
+        ),
+        event("user.created", user(sub, "not an address", T0, json!({}))),
+        event(
+            "user.created",
+            user(
+                sub,
+                &format!("{}@example.com", "m".repeat(300)),
+                T0,
+                json!({}),
+            ),
+        ),
+        "not json at all".to_owned(),
+        json!({"type": "user.created"}).to_string(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = service.deliver(&format!("msg_b{n}"), &bad).await;
+        assert_eq!(status, 400, "case {n}: {body}");
+        // The response names what is wrong, not the values sent.
+        let text = body.to_string();
+        assert!(
+            !text.contains("yesterday") && !text.contains("mallory"),
+            "case {n}: {text}"
+        );
+    }
+    assert_eq!(rows(&pool, sub).await, []);
+    assert_eq!(user_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn rotated_secrets_and_both_header_spellings(pool: PgPool) {
+    let service = serve(&pool, &format!("{SECRET} {OLD_SECRET}")).await;
+    let body = event(
+        "user.created",
+        user("user_http_rot", "rot@example.com", T0, json!({})),
+    );
+    // Signed with the old secret, in the webhook-* spelling, several signatures in the header.
+    let t = now();
+    let old = WebhookVerifier::from_list(OLD_SECRET)
+        .unwrap()
+        .sign("msg_r", t, body.as_bytes());
+    let forged = WebhookVerifier::from_list(FORGER)
+        .unwrap()
+        .sign("msg_r", t, body.as_bytes());
+    let headers = vec![
+        ("webhook-id", "msg_r".to_owned()),
+        ("webhook-timestamp", t.to_string()),
+        ("webhook-signature", format!("{forged} {old}")),
+    ];
+    let (status, response) = service.post(&headers, body.clone()).await;
+    assert_eq!(
+        (status, &response["outcome"]),
+        (200, &json!("created")),
+        "{response}"
+    );
+    // Once the old secret is gone from the configuration, its signatures are refused.
+    let service = serve(&pool, SECRET).await;
+    assert_eq!(service.post(&headers, body.clone()).await.0, 401);
+}
+
+/// Svix retries a slow delivery while the first attempt still runs: 50 at once, all acknowledged,
+/// one user.
+#[sqlx::test]
+async fn fifty_concurrent_deliveries_make_one_user(pool: PgPool) {
+    let service = std::sync::Arc::new(serve(&pool, SECRET).await);
+    let body = event(
+        "user.created",
+        user("user_http_many", "many@example.com", T0, json!({})),
+    );
+    for round in 0..3 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let service = service.clone();
+            let body = body.clone();
+            tasks.spawn(async move { service.deliver("msg_many", &body).await });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            let (status, response) = result.unwrap();
+            assert_eq!(status, 200, "{response}");
+            outcomes.push(response["outcome"].as_str().unwrap().to_owned());
+        }
+        let created = outcomes.iter().filter(|o| *o == "created").count();
+        assert_eq!(created, usize::from(round == 0), "{outcomes:?}");
+        assert_eq!(rows(&pool, "user_http_many").await.len(), 1);
+    }
+    assert_eq!(user_count(&pool).await, 1);
+}
+
+#[sqlx::test]
+async fn database_failures_answer_503_and_health_stays_up(pool: PgPool) {
+    let service = serve(&pool, SECRET).await;
+    let health = service
+        .client
+        .get(format!("{}/healthz", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    pool.close().await;
+    let body = event(
+        "user.created",
+        user("user_http_down", "down@example.com", T0, json!({})),
+    );
+    let (status, response) = service.deliver("msg_d", &body).await;
+    assert_eq!(status, 503, "{response}");
+}
+
+#[test]
+fn start_up_fails_clearly_without_a_usable_configuration() {
+    let config = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        service::Config::from_lookup(move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .err()
+        .map(|e| e.to_string())
+    };
+    let url = ("DATABASE_URL", "postgres://x:hunter2@db/livermore");
+    assert_eq!(
+        config(&[url]).as_deref(),
+        Some("CLERK_WEBHOOK_SECRET is not set")
+    );
+    assert_eq!(
+        config(&[url, ("CLERK_WEBHOOK_SECRET", " ")]).as_deref(),
+        Some("CLERK_WEBHOOK_SECRET is not set")
+    );
+    let message = config(&[url, ("CLERK_WEBHOOK_SECRET", "sk_live_abcdefghijklmnop")]).unwrap();
+    assert!(message.contains("does not start with whsec_"), "{message}");
+    assert!(!message.contains("sk_live"), "{message}");
+    assert_eq!(
+        config(&[("CLERK_WEBHOOK_SECRET", SECRET)]).as_deref(),
+        Some("DATABASE_URL is not set")
+    );
+    let message = config(&[
+        url,
+        ("CLERK_WEBHOOK_SECRET", SECRET),
+        ("LISTEN_ADDR", "nowhere"),
+    ])
+    .unwrap();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert_eq!(config(&[url, ("CLERK_WEBHOOK_SECRET", SECRET)]), None);
+}
