@@ -41,7 +41,8 @@ help: ## List the targets
 db-up: ## Start the local PostgreSQL (initdb first if needed)
 	@$(LOCAL_DB) up >/dev/null
 
-db-down: ## Stop the local PostgreSQL (and the sandbox emulator the tests start)
+db-down: ## Stop the local PostgreSQL (and the sandbox emulator, standby and PgBouncer the tests start)
+	@scripts/standby.sh down
 	@$(LOCAL_DB) down
 	@scripts/sandbox-emulator.sh down
 

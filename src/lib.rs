@@ -34,6 +34,7 @@ mod error;
 mod id;
 mod input;
 mod lookup;
+mod replica;
 mod role;
 mod tx;
 mod users;
@@ -41,6 +42,10 @@ mod users;
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
 pub use lookup::{DEFAULT_MAX_BATCH, IdentityLookup, LookupStats};
+pub use replica::{
+    DEFAULT_CHECK_INTERVAL, DEFAULT_MAX_LAG, DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, RoutingStats,
+    WalPosition,
+};
 pub use role::Role;
 pub use users::{
     RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,

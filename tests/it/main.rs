@@ -10,6 +10,7 @@ mod clerk;
 mod common;
 mod lookup;
 mod migrations;
+mod replicas;
 mod roles;
 mod users;
 #[cfg(feature = "clerk-webhook")]

@@ -1,0 +1,473 @@
+//! `Db`, the routing handle, against a real streaming standby of the test cluster
+//! (`scripts/standby.sh`): look-ups served by the replica, lag over the bound, read-your-writes under
+//! concurrency, a replica paused, stopped and restarted.
+//!
+//! The tests share one standby and change it (pause it, delay its replay, stop it), so they take
+//! `STANDBY` in turn, and each starts by putting the standby back to normal.
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use livermore_db::{Db, Identity, Profile, Role, find_by_identity};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::Mutex;
+
+static STANDBY: Mutex<()> = Mutex::const_new(());
+
+const CHECK: Duration = Duration::from_millis(50);
+
+fn standby_script(command: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/standby.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .env_remove("LIVERMORE_DATABASE_URL")
+        .output()
+        .expect("run scripts/standby.sh");
+    assert!(
+        out.status.success(),
+        "scripts/standby.sh {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The standby's connect options for the test's own database (created on the primary by
+/// `#[sqlx::test]`, replicated from there), once the standby has it.
+async fn standby_options(primary: &PgPool) -> PgConnectOptions {
+    let url = standby_script("up");
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(primary)
+        .await
+        .unwrap();
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .database(&database);
+    let same: bool = {
+        let mut standby = connect_eventually(&options).await;
+        let theirs: i64 = sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()")
+            .fetch_one(&mut standby)
+            .await
+            .unwrap();
+        let ours: i64 = sqlx::query_scalar("SELECT system_identifier FROM pg_control_system()")
+            .fetch_one(primary)
+            .await
+            .unwrap();
+        theirs == ours
+    };
+    assert!(
+        same,
+        "the standby does not replicate DATABASE_URL's cluster (these tests need the project-local cluster)"
+    );
+    options
+}
+
+async fn connect_eventually(options: &PgConnectOptions) -> PgConnection {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match PgConnection::connect_with(options).await {
+            Ok(conn) => return conn,
+            Err(e) if Instant::now() > deadline => panic!("cannot reach the standby: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Puts the standby back to normal: running, replaying, no apply delay.
+async fn reset_standby(options: &PgConnectOptions) {
+    let mut conn = connect_eventually(options).await;
+    sqlx::query("ALTER SYSTEM RESET recovery_min_apply_delay")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_wal_replay_resume() WHERE pg_is_wal_replay_paused()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn set_apply_delay(options: &PgConnectOptions, delay: &str) {
+    let mut conn = connect_eventually(options).await;
+    // A constant of the tests', not input: ALTER SYSTEM takes no parameters.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn replica_pool(options: &PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy_with(options.clone())
+}
+
+async fn routed(primary: &PgPool, replica: &PgPool) -> Db {
+    Db::builder(primary.clone())
+        .replicas([replica.clone()])
+        .check_interval(CHECK)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `within`.
+async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the handle has a serving replica, driving look-ups (the checks start with the first).
+async fn until_replica_serves(db: &Db, within: Duration) {
+    let deadline = Instant::now() + within;
+    let nobody = Identity::parse("clerk", "user_nobody").unwrap();
+    while db.serving_replicas().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not serve within {within:?}"
+        );
+        db.find_by_identity(&nobody).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn users(db: &Db, n: usize, prefix: &str) -> Vec<Identity> {
+    let mut identities = Vec::new();
+    for i in 0..n {
+        let sub = format!("user_{prefix}_{i}");
+        let profile = Profile::parse(
+            "clerk",
+            &sub,
+            &format!("{prefix}{i}@example.com"),
+            None,
+            None,
+        )
+        .unwrap();
+        db.sign_in(&profile).await.unwrap();
+        identities.push(Identity::parse("clerk", &sub).unwrap());
+    }
+    identities
+}
+
+async fn transactions_on(options: &PgConnectOptions) -> i64 {
+    let mut conn = connect_eventually(options).await;
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn a_fresh_replica_serves_the_lookups(primary: PgPool) {
+    let _standby = STANDBY.lock().await;
+    let options = standby_options(&primary).await;
+    reset_standby(&options).await;
+    let replica = replica_pool(&options).await;
+    let db = routed(&primary, &replica).await;
+    let identities = users(&db, 20, "serve").await;
+    until_replica_serves(&db.session(), Duration::from_secs(10)).await;
+
+    let before = transactions_on(&options).await;
+    let reader = db.session();
+    let start = reader.stats();
+    for _ in 0..10 {
+        for (i, identity) in identities.iter().enumerate() {
+            let user = reader
+                .find_by_identity(identity)
+                .await
+                .unwrap()
+                .expect("replicated");
+            assert_eq!(user.email, format!("serve{i}@example.com"));
+        }
+        let found = reader.find_by_identities(&identities).await.unwrap();
+        assert!(found.iter().all(Option::is_some));
+    }
+    let stats = reader.stats();
+    let on_replica = stats.replicas[0] - start.replicas[0];
+    assert!(on_replica >= 200, "{stats:?}");
+    // The standby's own count agrees: its backends flush their statistics as they exit.
+    replica.close().await;
+    let counted = async {
+        loop {
+            let after = transactions_on(&options).await;
+            if after - before >= 200 {
+                return after - before;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let counted = tokio::time::timeout(Duration::from_secs(20), counted).await;
+    assert!(
+        counted.is_ok(),
+        "the standby did not count 200 transactions"
+    );
+}
+
+#[sqlx::test]
+async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
+    let _standby = STANDBY.lock().await;
+    let options = standby_options(&primary).await;
+    reset_standby(&options).await;
+    let replica = replica_pool(&options).await;
+    let db = Db::builder(primary.clone())
+        .replicas([replica.clone()])
+        .check_interval(CHECK)
+        .max_lag(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let identities = users(&db, 1, "lag").await;
+    let reader = db.session();
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+
+    // The standby now applies each commit 1.5 s late, and the primary keeps committing.
+    set_apply_delay(&options, "1500ms").await;
+    let writer = {
+        let primary = primary.clone();
+        tokio::spawn(async move {
+            loop {
+                sqlx::query(
+                    "UPDATE users SET updated_at = now() WHERE id = (SELECT min(id) FROM users)",
+                )
+                .execute(&primary)
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Within the bound plus a check, the replica stops serving; every look-up still answers.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !reader.serving_replicas().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the lagging replica kept serving"
+        );
+        assert!(
+            reader
+                .find_by_identity(&identities[0])
+                .await
+                .unwrap()
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = reader.stats();
+    for _ in 0..50 {
+        assert!(
+            reader
+                .find_by_identity(&identities[0])
+                .await
+                .unwrap()
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = reader.stats();
+    assert_eq!(
+        after.replicas[0], before.replicas[0],
+        "a replica 1.5 s behind served"
+    );
+    assert_eq!(after.primary - before.primary, 50);
+
+    // Back within the bound: it serves again.
+    reset_standby(&options).await;
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+    writer.abort();
+}
+
+/// The standby applies commits 300 ms late (within the 1 s bound, so it serves). A look-up right
+/// after a write through the same handle must see the write; without the handle's position (the
+/// control) stale answers do occur, which shows the test can see one.
+#[sqlx::test]
+async fn read_your_writes_under_concurrency(primary: PgPool) {
+    let _standby = STANDBY.lock().await;
+    let options = standby_options(&primary).await;
+    reset_standby(&options).await;
+    let replica = replica_pool(&options).await;
+    let db = routed(&primary, &replica).await;
+    let identities = users(&db, 16, "ryw").await;
+    until_replica_serves(&db.session(), Duration::from_secs(10)).await;
+    set_apply_delay(&options, "300ms").await;
+
+    let roles = [
+        Role::Admin,
+        Role::SubscriberBasic,
+        Role::SubscriberPro,
+        Role::User,
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (task, identity) in identities.into_iter().enumerate() {
+        let session = db.session();
+        let control = db.session();
+        tasks.spawn(async move {
+            let id = find_by_identity(session.primary(), &identity)
+                .await
+                .unwrap()
+                .unwrap()
+                .id;
+            let mut stale_in_control = 0;
+            for i in 0..64 {
+                let role = roles[(task + i) % roles.len()];
+                session.set_role(id, role).await.unwrap();
+                // Right after, and once more a little later (when a check may have passed).
+                for pause in [0, 30] {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let seen = session.find_by_identity(&identity).await.unwrap().unwrap();
+                    assert_eq!(
+                        seen.role, role,
+                        "task {task}, write {i}: read an older role"
+                    );
+                }
+                let other = control.find_by_identity(&identity).await.unwrap().unwrap();
+                if other.role != role {
+                    stale_in_control += 1;
+                }
+            }
+            stale_in_control
+        });
+    }
+    let mut stale_in_control = 0;
+    while let Some(result) = tasks.join_next().await {
+        stale_in_control += result.unwrap();
+    }
+    assert!(
+        stale_in_control > 0,
+        "the control never read a stale role: the replica was not behind"
+    );
+    let stats = db.stats();
+    assert!(stats.replicas[0] > 0, "the replica never served: {stats:?}");
+
+    // Deactivation, 1 000 times through one handle: never seen active afterwards.
+    reset_standby(&options).await;
+    set_apply_delay(&options, "100ms").await;
+    let session = db.session();
+    let identity = Identity::parse("clerk", "user_ryw_0").unwrap();
+    let id = find_by_identity(&primary, &identity)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    for i in 0..1000 {
+        sqlx::query("UPDATE users SET is_active = true WHERE id = $1")
+            .bind(id)
+            .execute(&primary)
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            session.deactivate(id).await.unwrap();
+        } else {
+            session.set_role(id, Role::User).await.unwrap();
+            session.deactivate(id).await.unwrap();
+        }
+        let seen = session.find_by_identity(&identity).await.unwrap().unwrap();
+        assert!(
+            !seen.is_active,
+            "iteration {i}: a deactivated user looked active"
+        );
+    }
+    reset_standby(&options).await;
+}
+
+#[sqlx::test]
+async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
+    let _standby = STANDBY.lock().await;
+    let options = standby_options(&primary).await;
+    reset_standby(&options).await;
+    let replica = replica_pool(&options).await;
+    let db = routed(&primary, &replica).await;
+    let identities = users(&db, 4, "fail").await;
+    let reader = db.session();
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+
+    // Paused: out within one check interval (plus scheduling slack), with no write needed.
+    let mut admin = connect_eventually(&options).await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let paused = Instant::now();
+    eventually(CHECK * 4, "a paused replica stopped serving", || {
+        reader.serving_replicas().is_empty()
+    })
+    .await;
+    println!("paused replica out after {:?}", paused.elapsed());
+    for identity in &identities {
+        assert!(reader.find_by_identity(identity).await.unwrap().is_some());
+    }
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    until_replica_serves(&reader, Duration::from_secs(5)).await;
+
+    // Stopped: no look-up fails; the primary answers.
+    standby_script("stop");
+    let stopped = Instant::now();
+    let mut answered = 0;
+    let mut slowest = Duration::ZERO;
+    while stopped.elapsed() < Duration::from_secs(1) {
+        for identity in &identities {
+            let asked = Instant::now();
+            assert!(reader.find_by_identity(identity).await.unwrap().is_some());
+            slowest = slowest.max(asked.elapsed());
+            answered += 1;
+        }
+    }
+    // At worst one look-up waits for the replica's timeout (250 ms) before the primary answers.
+    assert!(
+        slowest < Duration::from_millis(600),
+        "a look-up took {slowest:?}"
+    );
+    assert!(reader.serving_replicas().is_empty());
+    let during = reader.stats();
+    println!("replica stopped: {answered} look-ups answered, slowest {slowest:?}, {during:?}");
+
+    // Restarted: look-ups come back to it.
+    standby_script("up");
+    until_replica_serves(&reader, Duration::from_secs(15)).await;
+    let before = reader.stats();
+    for identity in &identities {
+        assert!(reader.find_by_identity(identity).await.unwrap().is_some());
+    }
+    assert_eq!(
+        reader.stats().replicas[0] - before.replicas[0],
+        identities.len() as u64
+    );
+}
+
+#[sqlx::test]
+async fn without_replicas_everything_is_the_primarys(primary: PgPool) {
+    let db = Db::new(primary.clone());
+    let identities = users(&db, 2, "alone").await;
+    assert!(db.last_write().is_some());
+    assert!(db.session().last_write().is_none());
+    for identity in &identities {
+        assert!(db.find_by_identity(identity).await.unwrap().is_some());
+    }
+    let stats = db.stats();
+    assert_eq!(
+        (stats.primary, stats.replicas.len(), stats.fallbacks),
+        (2, 0, 0)
+    );
+    let position = db.last_write().unwrap();
+    assert_eq!(db.session_after(position).last_write(), Some(position));
+    assert!(position.to_string().contains('/'));
+}
