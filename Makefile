@@ -43,6 +43,7 @@ db-up: ## Start the local PostgreSQL (initdb first if needed)
 
 db-down: ## Stop the local PostgreSQL (and the sandbox emulator, standby and PgBouncer the tests start)
 	@scripts/standby.sh down
+	@scripts/pgbouncer.sh down
 	@$(LOCAL_DB) down
 	@scripts/sandbox-emulator.sh down
 

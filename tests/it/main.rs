@@ -10,6 +10,7 @@ mod clerk;
 mod common;
 mod lookup;
 mod migrations;
+mod pgbouncer;
 mod replicas;
 mod roles;
 mod users;

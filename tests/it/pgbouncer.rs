@@ -1,0 +1,181 @@
+//! Behind PgBouncer (Debian's package, `scripts/pgbouncer.sh`), two server connections shared by many
+//! client connections: what works, shown rather than claimed.
+//!
+//! sqlx runs every statement as a protocol-level prepared statement (Parse, then Bind/Execute, with a
+//! Sync between them), and caches it per connection. PgBouncer in transaction mode may give each of
+//! those steps a different server connection: before 1.21, which cannot carry prepared statements
+//! across server connections, statements fail with "prepared statement … does not exist". Session
+//! mode keeps one server connection per client connection and carries everything.
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use livermore_db::{Identity, Profile, Role, find_by_identity, set_role, sign_in};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+struct Bouncer {
+    options: PgConnectOptions,
+    version: (u32, u32),
+}
+
+/// Starts (if needed) the PgBouncer of `mode` and gives its options for the test's database.
+async fn bouncer(mode: &str, primary: &PgPool) -> Bouncer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pgbouncer.sh");
+    let out = Command::new("bash")
+        .args([script, "up", mode])
+        .env_remove("LIVERMORE_DATABASE_URL")
+        .output()
+        .expect("run scripts/pgbouncer.sh");
+    assert!(
+        out.status.success(),
+        "scripts/pgbouncer.sh up {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let value = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("scripts/pgbouncer.sh printed no {key}"))
+            .to_owned()
+    };
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(primary)
+        .await
+        .unwrap();
+    let version = value("PGBOUNCER_VERSION");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap());
+    Bouncer {
+        options: PgConnectOptions::from_str(&value("PGBOUNCER_URL"))
+            .unwrap()
+            .database(&database),
+        version: (parts.next().unwrap(), parts.next().unwrap()),
+    }
+}
+
+/// A pool of `connections` through the bouncer.
+async fn pool_through(options: &PgConnectOptions, connections: u32) -> PgPool {
+    livermore_db::pool_options()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+        .expect("connect through PgBouncer")
+}
+
+/// 16 tasks, each on its own connection through the bouncer, signing in, looking up and changing
+/// roles: the errors they met.
+async fn workload(pool: &PgPool, tag: &str) -> Vec<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let pool = pool.clone();
+        let tag = tag.to_owned();
+        tasks.spawn(async move {
+            let mut errors = Vec::new();
+            let sub = format!("user_{tag}_{task}");
+            let profile = Profile::parse(
+                "clerk",
+                &sub,
+                &format!("{tag}{task}@example.com"),
+                None,
+                None,
+            )
+            .unwrap();
+            let identity = Identity::parse("clerk", &sub).unwrap();
+            for i in 0..40 {
+                let result = async {
+                    let signed = sign_in(&pool, &profile).await?;
+                    let role = [Role::Admin, Role::User][i % 2];
+                    set_role(&pool, signed.user.id, role).await?;
+                    let found = find_by_identity(&pool, &identity).await?;
+                    assert_eq!(found.map(|u| u.role), Some(role));
+                    Ok::<_, livermore_db::Error>(())
+                }
+                .await;
+                if let Err(e) = result {
+                    errors.push(e.to_string());
+                }
+            }
+            errors
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        errors.extend(result.unwrap());
+    }
+    errors
+}
+
+#[sqlx::test]
+async fn session_mode_carries_the_crate(primary: PgPool) {
+    let bouncer = bouncer("session", &primary).await;
+    // In session mode each client connection holds a server connection for its whole life: a pool
+    // larger than PgBouncer's (default_pool_size = 2) waits for ever (query_wait_timeout) on the rest.
+    let pool = pool_through(&bouncer.options, 2).await;
+    let errors = workload(&pool, "session").await;
+    assert!(
+        errors.is_empty(),
+        "behind PgBouncer in session mode: {errors:?}"
+    );
+    // And the handle's write-position reads pass through it too.
+    let db = livermore_db::Db::new(pool.clone());
+    let identity = Identity::parse("clerk", "user_session_0").unwrap();
+    let user = db.find_by_identity(&identity).await.unwrap().unwrap();
+    db.set_role(user.id, Role::SubscriberPro).await.unwrap();
+    assert!(db.last_write().is_some());
+    release(pool, &primary).await;
+}
+
+/// Closes the pool and ends PgBouncer's server connections to the test's database, so that
+/// `#[sqlx::test]` can drop it.
+async fn release(pool: PgPool, primary: &PgPool) {
+    pool.close().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(primary)
+    .await
+    .unwrap();
+}
+
+/// PgBouncer before 1.21 in transaction mode cannot carry sqlx's prepared statements; 1.21 and
+/// newer can, with `max_prepared_statements` (which the script sets). This test expects whichever
+/// the installed version should do, so a newer package turns it into the proof that it works.
+#[sqlx::test]
+async fn transaction_mode_needs_pgbouncer_1_21(primary: PgPool) {
+    let bouncer = bouncer("transaction", &primary).await;
+    let pool = pool_through(&bouncer.options, 16).await;
+    let errors = workload(&pool, "tx").await;
+    if bouncer.version >= (1, 21) {
+        assert!(
+            errors.is_empty(),
+            "PgBouncer {:?}, transaction mode: {errors:?}",
+            bouncer.version
+        );
+        release(pool, &primary).await;
+        return;
+    }
+    assert!(
+        errors.iter().any(|e| e.contains("prepared statement")),
+        "PgBouncer {:?} in transaction mode was expected to lose prepared statements; errors: {errors:?}",
+        bouncer.version
+    );
+    println!(
+        "PgBouncer {:?}, transaction mode: {} of 640 calls failed, e.g. {:?}",
+        bouncer.version,
+        errors.len(),
+        errors[0]
+    );
+    // Turning sqlx's statement cache off does not help: each statement is still prepared (named) in
+    // one step and run in another.
+    let uncached = pool_through(&bouncer.options.clone().statement_cache_capacity(0), 16).await;
+    let errors = workload(&uncached, "txnocache").await;
+    assert!(
+        errors.iter().any(|e| e.contains("prepared statement")),
+        "without a statement cache: {errors:?}"
+    );
+    release(pool, &primary).await;
+    release(uncached, &primary).await;
+}
