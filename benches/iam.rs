@@ -15,9 +15,12 @@
 //! 4. Backfill: `clerk::apply_batch` of 100 000 new Clerk users, against `psql \copy` of the same rows
 //!    into a table of the same shape holding the same users beforehand; both are reset between pairs.
 //!
+//! 5. Routing: look-ups through `Db` with one streaming standby (`scripts/standby.sh`) against `Db` on
+//!    the primary alone, 16 clients, and where the routed look-ups went.
+//!
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
-//! measurement, default 3), BENCH_PAIRS (default 5), BENCH_ONLY (`lookup`, `handle`, `upsert` or
-//! `backfill`: that part alone), BENCH_CLIENTS (only the cells with that many clients).
+//! measurement, default 3), BENCH_PAIRS (default 5), BENCH_ONLY (`lookup`, `handle`, `upsert`,
+//! `routing` or `backfill`: that part alone), BENCH_CLIENTS (only the cells with that many clients).
 // The harness sets up databases and tables at run time (clippy.toml forbids that in the crate).
 #![allow(clippy::disallowed_methods)]
 use std::io::Write;
@@ -433,6 +436,7 @@ async fn main() {
     );
 
     let mut cells: Vec<Cell> = Vec::new();
+    let mut routing_note: Option<String> = None;
     let mut cell = |what: String, tool_name, unit, target, latency| {
         cells.push(Cell {
             what,
@@ -582,6 +586,96 @@ async fn main() {
         }
     }
 
+    // Look-ups through the routing handle with one streaming standby (scripts/standby.sh) against the
+    // same handle on the primary alone, at 16 clients, interleaved. Both servers share this machine's
+    // cores: the row shows what routing costs and where look-ups went, not what a second machine adds.
+    if runs("routing") && only_clients.is_none_or(|c| c == 16) {
+        let standby = Command::new("bash")
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/standby.sh"),
+                "up",
+            ])
+            .output()
+            .expect("run scripts/standby.sh");
+        assert!(
+            standby.status.success(),
+            "scripts/standby.sh up failed (the routing row needs the local cluster): {}",
+            String::from_utf8_lossy(&standby.stderr)
+        );
+        let standby_url = String::from_utf8(standby.stdout).unwrap();
+        let replica_options = PgConnectOptions::from_str(standby_url.trim())
+            .expect("the standby's URL")
+            .database(DATABASE);
+        let clients = 16;
+        let i = cells.len();
+        cells.push(Cell {
+            what: format!("look-up, Db + 1 standby, {clients} clients"),
+            unit: "/s",
+            tool_name: "Db, primary only",
+            target: None,
+            library: Vec::new(),
+            tool: Vec::new(),
+            latency: true,
+        });
+        let primary = pool(&o, clients).await;
+        // Lazy: the standby may not have replayed the new database yet; the handle's checks wait.
+        let replica = livermore_db::pool_options()
+            .max_connections(clients)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_lazy_with(replica_options);
+        let routed = livermore_db::Db::builder(primary.clone())
+            .replicas([replica])
+            .build()
+            .await
+            .expect("the routing handle");
+        let alone = livermore_db::Db::new(primary.clone());
+        // Until the standby has replayed the load, look-ups go to the primary.
+        let waited = Instant::now();
+        while routed.serving_replicas().is_empty() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(120),
+                "the standby did not catch up"
+            );
+            let _ = routed.find_by_identity(&identities[0]).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = routed.stats();
+        for _ in 0..pairs {
+            for (db, side) in [(&routed, 0), (&alone, 1)] {
+                let (db, ids) = (db.clone(), identities.clone());
+                let sample = library(clients, seconds, move |n| {
+                    let (db, ids) = (db.clone(), ids.clone());
+                    async move {
+                        let found = db
+                            .find_by_identity(&ids[(n - 1) as usize])
+                            .await
+                            .expect("look-up");
+                        assert!(found.is_some());
+                    }
+                })
+                .await;
+                if side == 0 {
+                    cells[i].library.push(sample);
+                } else {
+                    cells[i].tool.push(sample);
+                }
+            }
+        }
+        let after = routed.stats();
+        eprintln!(
+            "  Db + 1 standby: {} look-ups on the standby, {} on the primary, {} fallbacks",
+            after.replicas[0] - before.replicas[0],
+            after.primary - before.primary,
+            after.fallbacks - before.fallbacks
+        );
+        routing_note = Some(format!(
+            "Db + 1 standby, where look-ups went: standby {}, primary {}, fallbacks {}",
+            after.replicas[0] - before.replicas[0],
+            after.primary - before.primary,
+            after.fallbacks - before.fallbacks
+        ));
+    }
+
     if runs("backfill") {
         let i = cells.len();
         cells.push(Cell {
@@ -711,6 +805,9 @@ async fn main() {
                 format!("{} / {}", ms(&c.tool, 0.5), ms(&c.tool, 0.99)),
             );
         }
+    }
+    if let Some(note) = routing_note {
+        println!("{note}");
     }
     setup.close().await;
     admin

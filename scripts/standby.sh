@@ -10,6 +10,11 @@
 #   scripts/standby.sh stop     the same (the tests stop and restart it)
 #   scripts/standby.sh rebuild  stop it, remove it, take a new base backup, start it
 #
+# The standby streams through a replication slot (livermore_standby): while it is stopped the dev
+# cluster keeps the WAL it has not received (so it catches up on start). `rebuild` replaces the slot;
+# a standby left stopped for good holds WAL on the dev cluster: `rebuild` or remove .pgdata/standby and
+# drop the slot.
+#
 # Progress goes to stderr. Promotion is not supported: a standby promoted by hand is refused by the
 # routing handle (it is no longer in recovery) until rebuilt.
 set -euo pipefail
@@ -19,6 +24,7 @@ port=${LOCAL_STANDBY_PORT:-54349}
 primary_port=${LOCAL_PG_PORT:-54329}
 db_user=livermore
 db_name=${LOCAL_PG_DATABASE:-livermore}
+slot=livermore_standby
 
 say() { printf 'standby: %s\n' "$*" >&2; }
 die() {
@@ -37,10 +43,15 @@ base_backup() {
   as_server mkdir -p "$dir" "$dir/socket"
   as_server chmod 700 "$dir" "$dir/socket"
   as_server rm -rf "$dir/data"
-  # Over the dev cluster's unix socket (trusted, the server user's alone); -R writes primary_conninfo
-  # and standby.signal; -X stream carries the WAL written during the copy.
+  # A physical replication slot makes the primary keep the WAL the standby has not received, so a
+  # standby stopped for a while (the tests stop it) catches up instead of finding its WAL recycled.
+  # A slot left by an earlier standby is dropped first.
+  as_server "$pg_bin/psql" -X -q -h "$primary/socket" -p "$primary_port" -U "$db_user" -d postgres \
+    -c "SELECT pg_drop_replication_slot('$slot') FROM pg_replication_slots WHERE slot_name = '$slot'" >/dev/null
+  # Over the dev cluster's unix socket (trusted, the server user's alone); -R writes primary_conninfo,
+  # primary_slot_name and standby.signal; -X stream carries the WAL written during the copy.
   as_server "$pg_bin/pg_basebackup" -h "$primary/socket" -p "$primary_port" -U "$db_user" \
-    -D "$dir/data" -R -X stream -c fast >"$dir/basebackup.log" 2>&1 ||
+    -D "$dir/data" -R -C -S "$slot" -X stream -c fast >"$dir/basebackup.log" 2>&1 ||
     { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
   as_server cp "$primary/password" "$dir/password"
   # The copy carries the primary's livermore.conf: the standby gets its own port and socket.
