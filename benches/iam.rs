@@ -11,7 +11,8 @@
 //! 2. Identity look-up through a pool (`find_by_identity(&pool, …)`), on one held connection, and
 //!    through `IdentityLookup`, from 1 to 64 tasks, against pgbench with as many clients; p50/p99
 //!    latencies for the handle and pgbench.
-//! 3. Sign-in upsert: `sign_in` of returning users, against pgbench running the same statement.
+//! 3. Sign-in upsert: `sign_in` of returning users through a pool and through `HeldConnections`
+//!    (as many connections as clients), against pgbench running the same statement.
 //! 4. Backfill: `clerk::apply_batch` of 100 000 new Clerk users, against `psql \copy` of the same rows
 //!    into a table of the same shape holding the same users beforehand; both are reset between pairs.
 //!
@@ -490,13 +491,21 @@ async fn main() {
     if runs("upsert") {
         for clients in [1, 4, 16] {
             let i = cell(
-                format!("sign-in upsert, {clients:>2} clients"),
+                format!("sign-in upsert, pool, {clients:>2} clients"),
+                "pgbench",
+                "/s",
+                None,
+                false,
+            );
+            plan.push((i, "upsert", clients));
+            let i = cell(
+                format!("sign-in upsert, HeldConnections, {clients:>2}"),
                 "pgbench",
                 "/s",
                 Some(0.9),
                 false,
             );
-            plan.push((i, "upsert", clients));
+            plan.push((i, "upsert-held", clients));
         }
     }
 
@@ -559,6 +568,23 @@ async fn main() {
                     );
                     sample
                 }
+                "upsert-held" => {
+                    let held = livermore_db::HeldConnections::connect(o.clone(), clients as usize)
+                        .await
+                        .expect("connect");
+                    let profiles = profiles.clone();
+                    library(clients, seconds, move |n| {
+                        let (held, profiles) = (held.clone(), profiles.clone());
+                        async move {
+                            let done = held
+                                .sign_in(&profiles[(n - 1) as usize])
+                                .await
+                                .expect("sign-in");
+                            assert!(!done.created);
+                        }
+                    })
+                    .await
+                }
                 _ => {
                     let p = pool(&o, clients).await;
                     let profiles = profiles.clone();
@@ -575,7 +601,7 @@ async fn main() {
                 }
             };
             cells[i].library.push(sample);
-            let script = if kind == "upsert" {
+            let script = if kind.starts_with("upsert") {
                 &upsert_sql
             } else {
                 &lookup_sql

@@ -31,6 +31,7 @@ extern crate self as livermore_db;
 
 pub mod clerk;
 mod error;
+mod held;
 mod id;
 mod input;
 mod lookup;
@@ -40,6 +41,7 @@ mod tx;
 mod users;
 
 pub use error::Error;
+pub use held::HeldConnections;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
 pub use lookup::{DEFAULT_MAX_BATCH, IdentityLookup, LookupStats};
 pub use replica::{

@@ -8,6 +8,7 @@
 
 mod clerk;
 mod common;
+mod held;
 mod lookup;
 mod migrations;
 mod pgbouncer;

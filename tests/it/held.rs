@@ -1,0 +1,134 @@
+//! `HeldConnections`: calls on held connections, concurrency over few connections, a call dropped
+//! mid-statement, a server error, a connection killed under it.
+use std::time::Duration;
+
+use livermore_db::{Error, HeldConnections, Identity, Profile};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+async fn held(pool: &PgPool, connections: usize, name: &str) -> HeldConnections {
+    let options: PgConnectOptions = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name(name);
+    HeldConnections::connect(options, connections)
+        .await
+        .unwrap()
+}
+
+async fn backends(pool: &PgPool, name: &str) -> Vec<(i32, String)> {
+    sqlx::query_as(
+        "SELECT pid, state FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn profile(n: usize) -> Profile {
+    Profile::parse(
+        "clerk",
+        &format!("user_held_{n}"),
+        &format!("held{n}@example.com"),
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn many_tasks_share_few_connections(pool: PgPool) {
+    let held = held(&pool, 4, "held-many").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..32 {
+        let held = held.clone();
+        tasks.spawn(async move {
+            for round in 0..20 {
+                let signed = held.sign_in(&profile(task)).await.unwrap();
+                assert_eq!(signed.created, round == 0);
+                held.record_login(signed.user.id).await.unwrap();
+                let identity = Identity::parse("clerk", &format!("user_held_{task}")).unwrap();
+                let found = held.find_by_identity(&identity).await.unwrap().unwrap();
+                assert!(found.last_login_at.is_some());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(backends(&pool, "held-many").await.len(), 4);
+}
+
+/// A call whose future is dropped while its statement waits on a lock gives its connection up; the
+/// server ends that session (so nothing stays open) and the next call gets a new connection.
+#[sqlx::test]
+async fn a_cancelled_call_gives_its_connection_up(pool: PgPool) {
+    let held = held(&pool, 1, "held-cancel").await;
+    let first = held.sign_in(&profile(1)).await.unwrap();
+    let before = backends(&pool, "held-cancel").await;
+    assert_eq!(before.len(), 1);
+
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(first.user.id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), held.sign_in(&profile(1))).await;
+    assert!(
+        waited.is_err(),
+        "the sign-in should have waited on the row lock"
+    );
+    blocker.rollback().await.unwrap();
+
+    // The next calls work, on a new connection; the old session is gone.
+    for _ in 0..5 {
+        assert!(!held.sign_in(&profile(1)).await.unwrap().created);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = backends(&pool, "held-cancel").await;
+        if after.len() == 1 && after[0].0 != before[0].0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old session still there: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test]
+async fn server_errors_keep_the_connection_and_broken_ones_are_replaced(pool: PgPool) {
+    let held = held(&pool, 1, "held-errors").await;
+    held.sign_in(&profile(1)).await.unwrap();
+    let pid = backends(&pool, "held-errors").await[0].0;
+    // Another identity with the same address: refused by the server, connection kept.
+    let clash = Profile::parse("google", "g-1", "held1@example.com", None, None).unwrap();
+    assert!(matches!(
+        held.sign_in(&clash).await,
+        Err(Error::EmailTaken { .. })
+    ));
+    assert!(!held.sign_in(&profile(1)).await.unwrap().created);
+    assert_eq!(backends(&pool, "held-errors").await[0].0, pid);
+
+    // The server ends the connection: that call fails, the next one reconnects.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let broken = held.sign_in(&profile(1)).await;
+    assert!(matches!(broken, Err(Error::Database(_))), "{broken:?}");
+    assert!(!held.sign_in(&profile(1)).await.unwrap().created);
+    let now = backends(&pool, "held-errors").await;
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].0, pid);
+
+    held.close().await;
+    assert!(held.sign_in(&profile(1)).await.is_err());
+}
