@@ -41,6 +41,16 @@ pub enum Error {
         subject: String,
     },
 
+    /// The identity was deleted at its provider (Clerk's `user.deleted` left a tombstone): it never
+    /// signs in again, and nothing was written. A new account at the provider is a new identity.
+    #[error("the {provider} identity was deleted at the provider and cannot sign in")]
+    IdentityDeleted {
+        /// The identity's provider.
+        provider: String,
+        /// The identity's subject.
+        subject: String,
+    },
+
     /// The user is already linked to a different identity; it is never replaced silently.
     #[error("user {user_id} is already linked to a different identity")]
     AlreadyLinked {

@@ -178,6 +178,9 @@ pub async fn find_by_email(
 ///   attach an identity to an existing account, call [`link_identity`].
 /// - Concurrent sign-ins of the same identity all return the same user; exactly one creates it.
 /// - A deactivated user is signed in like any other (`is_active` stays `false`): the caller decides.
+/// - An identity its provider deleted (a Clerk `user.deleted`: a tombstone, the user's address
+///   released) never signs in again: [`Error::IdentityDeleted`], and nothing is written (no new
+///   active user, no address given back to the deleted user).
 /// - `last_login_at` is not touched: call [`record_login`].
 ///
 /// Given a transaction, each attempt runs in a savepoint, so an error leaves the transaction usable.
@@ -229,7 +232,13 @@ async fn sign_in_on(conn: &mut PgConnection, profile: &Profile) -> Result<SignIn
         let username = retries.username().to_owned();
         let result = attempt(conn, async |c| upsert_identity(c, profile, &username).await).await?;
         match result {
-            Ok(done) => return Ok(done),
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {
+                return Err(Error::IdentityDeleted {
+                    provider: profile.identity.provider.as_str().to_owned(),
+                    subject: profile.identity.subject.as_str().to_owned(),
+                });
+            }
             Err(e) => retries.after(conn, e).await?,
         }
     }
@@ -239,16 +248,19 @@ async fn upsert_identity(
     conn: &mut PgConnection,
     profile: &Profile,
     username: &str,
-) -> Result<SignIn, sqlx::Error> {
+) -> Result<Option<SignIn>, sqlx::Error> {
     let row = sqlx::query!(
         r#"INSERT INTO users (username, email, identity_provider, identity_sub, display_name,
                               identity_picture_url)
-           VALUES ($1, $2, $3, $4, $5, $6)
+           SELECT $1::varchar, $2::varchar, $3::varchar, $4::varchar, $5::varchar, $6::text
+           WHERE NOT EXISTS (SELECT 1 FROM identity_tombstones t
+                             WHERE t.identity_provider = $3 AND t.identity_sub = $4)
            ON CONFLICT (identity_provider, identity_sub) WHERE identity_provider IS NOT NULL
            DO UPDATE SET email = EXCLUDED.email,
                          display_name = EXCLUDED.display_name,
                          identity_picture_url = EXCLUDED.identity_picture_url,
                          updated_at = now() AT TIME ZONE 'UTC'
+           WHERE users.released_email IS NULL
            RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
                      identity_sub, display_name, identity_picture_url, role, last_login_at,
                      identity_updated_at, identity_role_updated_at, role_source, released_email,
@@ -260,8 +272,13 @@ async fn upsert_identity(
         profile.display_name.as_ref().map(|d| d.as_str()),
         profile.picture_url.as_ref().map(|p| p.as_str()),
     )
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await?;
+    // No row: the identity was deleted at its provider (a tombstone; or, for a user deleted while
+    // this statement ran, its released address, re-checked on the row's latest version).
+    let Some(row) = row else {
+        return Ok(None);
+    };
     let user = User::from(UserRow {
         id: row.id,
         username: row.username,
@@ -280,10 +297,10 @@ async fn upsert_identity(
         role_source: row.role_source,
         released_email: row.released_email,
     });
-    Ok(SignIn {
+    Ok(Some(SignIn {
         user,
         created: row.created,
-    })
+    }))
 }
 
 /// Links an existing user (say, one created before identity sign-in) to an identity, and returns the

@@ -1353,3 +1353,94 @@ async fn any_delivery_ends_like_delivery_in_order(pool: PgPool) {
     );
     wide.close().await;
 }
+
+/// An identity Clerk deleted never signs in again through the generic `sign_in`: not the deleted
+/// user (whose address stays released), not an identity deleted before it was seen.
+#[sqlx::test]
+async fn a_deleted_clerk_identity_never_signs_in_again(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let created = event(
+        "user.created",
+        clerk_user("user_gone", "gone@example.com", T0, json!({})),
+        T0,
+    );
+    apply_event(&pool, &created).await.unwrap();
+    apply_event(&pool, &deleted("user_gone", T0 + 1))
+        .await
+        .unwrap();
+    let before = row_of(&mut conn, "user_gone").await;
+    let again =
+        livermore_db::Profile::parse("clerk", "user_gone", "gone@example.com", None, None).unwrap();
+    let refused = livermore_db::sign_in(&pool, &again).await;
+    assert!(
+        matches!(refused, Err(Error::IdentityDeleted { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(row_of(&mut conn, "user_gone").await, before);
+
+    apply_event(&pool, &deleted("user_never_seen", T0))
+        .await
+        .unwrap();
+    let never =
+        livermore_db::Profile::parse("clerk", "user_never_seen", "never@example.com", None, None)
+            .unwrap();
+    assert!(matches!(
+        livermore_db::sign_in(&pool, &never).await,
+        Err(Error::IdentityDeleted { .. })
+    ));
+    assert_eq!(row_of(&mut conn, "user_never_seen").await, None);
+
+    // The released address serves a new Clerk user; the same subject at another provider is not
+    // affected.
+    let fresh =
+        livermore_db::Profile::parse("clerk", "user_back", "gone@example.com", None, None).unwrap();
+    assert!(livermore_db::sign_in(&pool, &fresh).await.unwrap().created);
+    let other =
+        livermore_db::Profile::parse("google", "user_gone", "g@example.com", None, None).unwrap();
+    assert!(livermore_db::sign_in(&pool, &other).await.unwrap().created);
+}
+
+/// Sign-ins racing the deletion of the same identity: whatever the interleaving, the user ends
+/// inactive with its address released (a sign-in that read before the deletion must not write the
+/// address back after it).
+#[sqlx::test]
+async fn sign_ins_racing_a_deletion_never_restore_the_address(pool: PgPool) {
+    for round in 0..40 {
+        let sub = format!("user_race_{round}");
+        let email = format!("race{round}@example.com");
+        let created = event("user.created", clerk_user(&sub, &email, T0, json!({})), T0);
+        apply_event(&pool, &created).await.unwrap();
+        let profile = livermore_db::Profile::parse("clerk", &sub, &email, None, None).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..8 {
+            let (pool, profile, sub) = (pool.clone(), profile.clone(), sub.clone());
+            tasks.spawn(async move {
+                if task == 3 {
+                    apply_event(&pool, &deleted(&sub, T0 + 1)).await.map(|_| ())
+                } else {
+                    match livermore_db::sign_in(&pool, &profile).await {
+                        Ok(_) | Err(Error::IdentityDeleted { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                }
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+        let (active, stored, released): (bool, String, Option<String>) = sqlx::query_as(
+            "SELECT is_active, email, released_email FROM users
+             WHERE identity_provider = 'clerk' AND identity_sub = $1",
+        )
+        .bind(&sub)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(!active, "round {round}");
+        assert!(
+            stored.ends_with("@deleted.invalid"),
+            "round {round}: {stored}"
+        );
+        assert_eq!(released.as_deref(), Some(email.as_str()), "round {round}");
+    }
+}
