@@ -194,6 +194,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for l in lookups {
         assert!(l.await??.is_some());
     }
+    // The routing handle (primary only here) and the held connections, from spawned tasks.
+    let db = livermore_db::Db::builder(pool.clone()).build().await?;
+    let held = livermore_db::HeldConnections::connect(url.parse()?, 2).await?;
+    let mut routed = Vec::new();
+    for n in 1..=4 {
+        let (db, held) = (db.session(), held.clone());
+        routed.push(tokio::spawn(async move {
+            let identity = Identity::parse("clerk", &format!("user_consumer_{n}"))?;
+            let user = held
+                .find_by_identity(&identity)
+                .await?
+                .expect("signed in above");
+            held.record_login(user.id).await?;
+            held.sign_in(&profile(n)).await?;
+            db.sign_in(&profile(n)).await?;
+            db.record_login(user.id).await?;
+            db.set_role(user.id, Role::SubscriberBasic).await?;
+            db.link_identity(user.id, &identity).await?;
+            db.apply_clerk_event(&clerk_event(n)).await?;
+            db.find_by_identities(std::slice::from_ref(&identity))
+                .await?;
+            db.find_by_id(user.id).await?;
+            db.find_by_email(&Email::parse(&format!("consumer{n}@example.com"))?)
+                .await?;
+            db.list_by_role(Role::SubscriberBasic, None, 10).await?;
+            db.deactivate(user.id).await?;
+            let seen = db.find_by_identity(&identity).await?.expect("still there");
+            assert!(!seen.is_active && db.last_write().is_some());
+            Ok::<(), Error>(())
+        }));
+    }
+    for r in routed {
+        r.await??;
+    }
     println!("consumer: every public function ran from spawned tasks");
     Ok(())
 }
