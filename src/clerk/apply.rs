@@ -254,17 +254,32 @@ async fn apply_round(
             Err(_) => one_by_one_updates.append(&mut bulk_updates),
         }
     }
+    // Optimistic too: each new user first tries the username its address gives (no look-up; a
+    // backfill's are mostly free); those whose username is taken (skipped by the statement) are tried
+    // once more in bulk with free usernames looked up, then one by one.
     let mut checked = false;
+    let mut looked_up = false;
     while !bulk_inserts.is_empty() {
         let profiles: Vec<&ClerkProfile> = bulk_inserts.iter().map(|(_, p)| *p).collect();
-        let usernames = usernames_for(conn, &profiles).await?;
+        let usernames = if looked_up {
+            usernames_for(conn, &profiles).await?
+        } else {
+            base_usernames(&profiles)
+        };
         match atomically(conn, async |c| insert(c, &profiles, &usernames).await).await? {
             Ok(created) => {
+                let mut skipped = Vec::new();
                 for (position, p) in std::mem::take(&mut bulk_inserts) {
                     match created.get(p.subject.as_str()) {
                         Some(id) => results.push(done_profile(position, p, Outcome::Created(*id))),
-                        None => one_by_one_inserts.push((position, p)),
+                        None => skipped.push((position, p)),
                     }
+                }
+                if looked_up {
+                    one_by_one_inserts.extend(skipped);
+                } else {
+                    looked_up = true;
+                    bulk_inserts = skipped;
                 }
             }
             Err(e) if !checked && is_unique_violation(&e) => {
@@ -399,7 +414,12 @@ async fn insert_one(
         match atomically(conn, async |c| insert(c, &[p], &username).await).await? {
             Ok(created) => match created.into_values().next() {
                 Some(id) => return Ok(Ok(id)),
-                None => unreachable!("a plain INSERT of one row returns it"),
+                // Skipped: the username is taken (`ON CONFLICT (username) DO NOTHING`).
+                None => match retries.username_taken(conn).await {
+                    Ok(()) => continue,
+                    Err(Error::Database(e)) => return record_error(e, p).map(Err),
+                    Err(e) => return Ok(Err(e)),
+                },
             },
             Err(e) => match retries.after(conn, e).await {
                 Ok(()) => continue,
@@ -408,6 +428,14 @@ async fn insert_one(
             },
         }
     }
+}
+
+/// The username each new user's address gives, taken or not.
+fn base_usernames(profiles: &[&ClerkProfile]) -> Vec<String> {
+    profiles
+        .iter()
+        .filter_map(|p| p.email.as_ref().map(username_from_email))
+        .collect()
 }
 
 /// Usernames for new users: from the addresses, free among the stored ones and unique in the batch.
@@ -530,7 +558,8 @@ async fn update(
 
 /// THE RULES for a new user: created with the record's profile, the record's valid role or `user`
 /// (set by Clerk, so a later event without a role keeps it `user`), inactive and with its address
-/// released when Clerk has already deleted it. Returns the ids by identity.
+/// released when Clerk has already deleted it. A row whose username is taken (by a stored user or an
+/// earlier row of the statement) is skipped, not an error. Returns the ids by identity.
 async fn insert(
     conn: &mut PgConnection,
     profiles: &[&ClerkProfile],
@@ -552,6 +581,7 @@ async fn insert(
                 AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at)
            LEFT JOIN identity_tombstones t
                   ON t.identity_provider = 'clerk' AND t.identity_sub = i.sub
+           ON CONFLICT (username) DO NOTHING
            RETURNING id, identity_sub AS "sub!""#,
         usernames,
         &c.email as &[Option<&str>],

@@ -83,6 +83,24 @@ impl<'e> UsernameRetries<'e> {
         &self.username
     }
 
+    /// After the username was found taken: `Ok(())` to try again with the next one, or
+    /// [`Error::UsernameExhausted`].
+    pub(crate) async fn username_taken(&mut self, conn: &mut PgConnection) -> Result<(), Error> {
+        if self.attempts >= USERNAME_ATTEMPTS {
+            return Err(Error::UsernameExhausted {
+                base: self.base.clone(),
+                attempts: self.attempts,
+            });
+        }
+        self.username = if self.attempts == 1 {
+            first_free_numbered(conn, &self.base).await?
+        } else {
+            with_suffix(&self.base, &random_suffix())
+        };
+        self.attempts += 1;
+        Ok(())
+    }
+
     /// After a failed attempt: `Ok(())` to try again (with the next username), or the final error.
     pub(crate) async fn after(
         &mut self,
@@ -90,19 +108,7 @@ impl<'e> UsernameRetries<'e> {
         e: sqlx::Error,
     ) -> Result<(), Error> {
         match unique_violation(&e) {
-            Some("users_username_unique") if self.attempts < USERNAME_ATTEMPTS => {
-                self.username = if self.attempts == 1 {
-                    first_free_numbered(conn, &self.base).await?
-                } else {
-                    with_suffix(&self.base, &random_suffix())
-                };
-                self.attempts += 1;
-                Ok(())
-            }
-            Some("users_username_unique") => Err(Error::UsernameExhausted {
-                base: self.base.clone(),
-                attempts: self.attempts,
-            }),
+            Some("users_username_unique") => self.username_taken(conn).await,
             Some("users_email_unique") if !self.email_retried => {
                 self.email_retried = true;
                 Ok(())

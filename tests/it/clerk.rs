@@ -1444,3 +1444,26 @@ async fn sign_ins_racing_a_deletion_never_restore_the_address(pool: PgPool) {
         assert_eq!(released.as_deref(), Some(email.as_str()), "round {round}");
     }
 }
+
+/// New users whose address gives a username already taken (by a stored user, or by an earlier record
+/// of the batch) get the next free ones, as one by one in input order would give them.
+#[sqlx::test]
+async fn a_batch_gives_taken_usernames_the_next_free_ones(pool: PgPool) {
+    sqlx::query("INSERT INTO users (username, email) VALUES ('ada', 'someone@example.com'), ('ada_3', 'x@example.com')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let batch = users(vec![
+        clerk_user("user_a", "ada@one.example", T0, json!({})),
+        clerk_user("user_b", "grace@example.com", T0, json!({})),
+        clerk_user("user_c", "ada@two.example", T0, json!({})),
+        clerk_user("user_d", "grace@other.example", T0, json!({})),
+    ]);
+    let report = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!(report.created, 4, "{report:?}");
+    let mut names = Vec::new();
+    for sub in ["user_a", "user_b", "user_c", "user_d"] {
+        names.push(stored(&pool, sub).await.username);
+    }
+    assert_eq!(names, ["ada_2", "grace", "ada_4", "grace_2"]);
+}
