@@ -25,16 +25,21 @@ find_pg_bin() {
   return 1
 }
 
-ensure_pg_bin() {
-  if pg_bin=$(find_pg_bin); then return 0; fi
-  say "PostgreSQL server binaries not found under /usr/lib/postgresql; installing Debian's 'postgresql' package"
+# Installs Debian packages with apt-get, as root or through sudo.
+apt_install() {
   local sudo=()
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "not root and no sudo: install PostgreSQL 15 (apt-get install postgresql) and retry"
+    command -v sudo >/dev/null || die "not root and no sudo: install $* (apt-get install $*) and retry"
     sudo=(sudo)
   fi
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql openssl >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+ensure_pg_bin() {
+  if pg_bin=$(find_pg_bin); then return 0; fi
+  say "PostgreSQL server binaries not found under /usr/lib/postgresql; installing Debian's 'postgresql' package"
+  apt_install postgresql openssl
   pg_bin=$(find_pg_bin) || die "apt-get installed postgresql but no initdb/pg_ctl under /usr/lib/postgresql/*/bin"
 }
 

@@ -30,15 +30,8 @@ die() {
 ensure_pgbouncer() {
   command -v pgbouncer >/dev/null && return 0
   [ -x /usr/sbin/pgbouncer ] && return 0
-  say "pgbouncer not found; installing Debian's 'pgbouncer' package"
-  local sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "not root and no sudo: install pgbouncer (apt-get install pgbouncer) and retry"
-    sudo=(sudo)
-  fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  # The package's own service (port 6432) is not used; policy-rc.d keeps it from starting.
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq pgbouncer >&2
+  say "pgbouncer not found; installing Debian's 'pgbouncer' package (its own service, port 6432, is not used)"
+  apt_install pgbouncer
 }
 
 pgbouncer_bin() {

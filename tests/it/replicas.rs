@@ -163,6 +163,12 @@ async fn users(db: &Db, n: usize, prefix: &str) -> Vec<Identity> {
     identities
 }
 
+/// A look-up through the handle finds the user.
+async fn answers(db: &Db, identity: &Identity) {
+    let found = db.find_by_identity(identity).await.unwrap();
+    assert!(found.is_some(), "{identity:?} not found");
+}
+
 async fn transactions_on(options: &PgConnectOptions) -> i64 {
     let mut conn = connect_eventually(options).await;
     sqlx::query_scalar(
@@ -259,24 +265,12 @@ async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
             Instant::now() < deadline,
             "the lagging replica kept serving"
         );
-        assert!(
-            reader
-                .find_by_identity(&identities[0])
-                .await
-                .unwrap()
-                .is_some()
-        );
+        answers(&reader, &identities[0]).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before = reader.stats();
     for _ in 0..50 {
-        assert!(
-            reader
-                .find_by_identity(&identities[0])
-                .await
-                .unwrap()
-                .is_some()
-        );
+        answers(&reader, &identities[0]).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let after = reader.stats();
@@ -409,7 +403,7 @@ async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
     .await;
     println!("paused replica out after {:?}", paused.elapsed());
     for identity in &identities {
-        assert!(reader.find_by_identity(identity).await.unwrap().is_some());
+        answers(&reader, identity).await;
     }
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&mut admin)
@@ -426,7 +420,7 @@ async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
     while stopped.elapsed() < Duration::from_secs(1) {
         for identity in &identities {
             let asked = Instant::now();
-            assert!(reader.find_by_identity(identity).await.unwrap().is_some());
+            answers(&reader, identity).await;
             slowest = slowest.max(asked.elapsed());
             answered += 1;
         }
@@ -445,7 +439,7 @@ async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
     until_replica_serves(&reader, Duration::from_secs(15)).await;
     let before = reader.stats();
     for identity in &identities {
-        assert!(reader.find_by_identity(identity).await.unwrap().is_some());
+        answers(&reader, identity).await;
     }
     assert_eq!(
         reader.stats().replicas[0] - before.replicas[0],
@@ -460,7 +454,7 @@ async fn without_replicas_everything_is_the_primarys(primary: PgPool) {
     assert!(db.last_write().is_some());
     assert!(db.session().last_write().is_none());
     for identity in &identities {
-        assert!(db.find_by_identity(identity).await.unwrap().is_some());
+        answers(&db, identity).await;
     }
     let stats = db.stats();
     assert_eq!(
