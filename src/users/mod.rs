@@ -308,7 +308,8 @@ async fn upsert_identity(
 ///
 /// Refuses with [`Error::IdentityTaken`] when another user holds the identity, with
 /// [`Error::AlreadyLinked`] when this user holds a different identity (never replaced silently), and
-/// with [`Error::UserNotFound`]. Linking a user to the identity it already holds changes nothing but
+/// with [`Error::UserNotFound`]; an identity its provider deleted (a tombstone) is never linked:
+/// [`Error::IdentityDeleted`]. Linking a user to the identity it already holds changes nothing but
 /// `updated_at`. Given a transaction, it runs in a savepoint, so an error leaves it usable.
 #[expect(
     clippy::manual_async_fn,
@@ -340,6 +341,8 @@ async fn link_identity_on(
                SET identity_provider = $2, identity_sub = $3, updated_at = now() AT TIME ZONE 'UTC'
                WHERE id = $1
                  AND (identity_provider IS NULL OR (identity_provider = $2 AND identity_sub = $3))
+                 AND NOT EXISTS (SELECT 1 FROM identity_tombstones t
+                                 WHERE t.identity_provider = $2 AND t.identity_sub = $3)
                RETURNING id, username, email, is_active, created_at, updated_at, identity_provider,
                          identity_sub, display_name, identity_picture_url, role, last_login_at,
                          identity_updated_at, identity_role_updated_at, role_source, released_email"#,
@@ -353,6 +356,10 @@ async fn link_identity_on(
     .await?;
     match updated {
         Ok(Some(row)) => Ok(User::from(row)),
+        Ok(None) if is_tombstoned(&mut *conn, identity).await? => Err(Error::IdentityDeleted {
+            provider: identity.provider.as_str().to_owned(),
+            subject: identity.subject.as_str().to_owned(),
+        }),
         Ok(None) => match find_by_id(&mut *conn, id).await? {
             Some(_) => Err(Error::AlreadyLinked { user_id: id }),
             None => Err(Error::UserNotFound { user_id: id }),
@@ -365,6 +372,19 @@ async fn link_identity_on(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether the identity's provider deleted it (a tombstone).
+async fn is_tombstoned(conn: &mut PgConnection, identity: &Identity) -> Result<bool, Error> {
+    let found = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM identity_tombstones
+                          WHERE identity_provider = $1 AND identity_sub = $2) AS "found!""#,
+        identity.provider.as_str(),
+        identity.subject.as_str(),
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(found)
 }
 
 /// Records a login now (`last_login_at`, UTC) and returns the user; [`Error::UserNotFound`] when there

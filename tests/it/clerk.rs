@@ -1467,3 +1467,35 @@ async fn a_batch_gives_taken_usernames_the_next_free_ones(pool: PgPool) {
     }
     assert_eq!(names, ["ada_2", "grace", "ada_4", "grace_2"]);
 }
+
+/// Nor is an identity Clerk deleted ever linked to an account.
+#[sqlx::test]
+async fn a_deleted_clerk_identity_is_never_linked(pool: PgPool) {
+    let other =
+        livermore_db::Profile::parse("google", "g-9", "nine@example.com", None, None).unwrap();
+    let user = livermore_db::sign_in(&pool, &other).await.unwrap().user;
+    sqlx::query("UPDATE users SET identity_provider = NULL, identity_sub = NULL WHERE id = $1")
+        .bind(user.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    apply_event(&pool, &deleted("user_deleted_9", T0))
+        .await
+        .unwrap();
+    let identity = Identity::parse("clerk", "user_deleted_9").unwrap();
+    let refused = livermore_db::link_identity(&pool, user.id, &identity).await;
+    assert!(
+        matches!(refused, Err(Error::IdentityDeleted { .. })),
+        "{refused:?}"
+    );
+    let linked = livermore_db::find_by_id(&pool, user.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(linked.identity_provider, None);
+    // Another identity still links.
+    let fine = Identity::parse("clerk", "user_alive_9").unwrap();
+    livermore_db::link_identity(&pool, user.id, &fine)
+        .await
+        .unwrap();
+}
