@@ -226,7 +226,12 @@ impl DbBuilder {
                 served: AtomicU64::new(0),
             });
         }
-        Ok(Db {
+        Ok(self.assemble(primary, replicas))
+    }
+
+    /// The handle of these options over these servers.
+    fn assemble(&self, primary: Target, replicas: Vec<Replica>) -> Db {
+        Db {
             shared: Arc::new(Shared {
                 primary,
                 replicas,
@@ -240,32 +245,19 @@ impl DbBuilder {
                 fallbacks: AtomicU64::new(0),
             }),
             written: Arc::new(AtomicU64::new(0)),
-        })
+        }
     }
 }
 
 impl Db {
     /// A handle on the primary alone (add replicas with [`Db::builder`]).
     pub fn new(primary: PgPool) -> Db {
-        let shared = Shared {
-            primary: Target {
-                pool: primary,
-                lookup: None,
-            },
-            replicas: Vec::new(),
-            max_lag: DEFAULT_MAX_LAG,
-            check_interval: DEFAULT_CHECK_INTERVAL,
-            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
-            epoch: Instant::now(),
-            checker: OnceLock::new(),
-            next: AtomicUsize::new(0),
-            served_by_primary: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
+        let builder = Db::builder(primary);
+        let primary = Target {
+            pool: builder.primary.clone(),
+            lookup: None,
         };
-        Db {
-            shared: Arc::new(shared),
-            written: Arc::new(AtomicU64::new(0)),
-        }
+        builder.assemble(primary, Vec::new())
     }
 
     /// A builder: the primary, then replicas and options.
