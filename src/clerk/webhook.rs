@@ -204,15 +204,16 @@ impl<'a> WebhookHeaders<'a> {
         } else {
             Spelling::Svix
         };
-        let [id, timestamp, signature] = Spelling::Standard.names();
-        let [svix_id, svix_timestamp, svix_signature] = spelling.names();
-        let find = |name: &'static str, wanted: &'static str| {
-            get(name).ok_or(WebhookError::MissingHeader { name: wanted })
+        // Looked up in the spelling chosen; a missing one is reported by its `webhook-*` name.
+        let find = |which: usize| {
+            get(spelling.names()[which]).ok_or(WebhookError::MissingHeader {
+                name: Spelling::Standard.names()[which],
+            })
         };
         Ok(WebhookHeaders {
-            id: find(svix_id, id)?,
-            timestamp: find(svix_timestamp, timestamp)?,
-            signature: find(svix_signature, signature)?,
+            id: find(0)?,
+            timestamp: find(1)?,
+            signature: find(2)?,
             spelling,
         })
     }
