@@ -106,6 +106,22 @@ async fn set_apply_delay(options: &PgConnectOptions, delay: &str) {
         .unwrap();
 }
 
+/// The standby for this test alone (its turn), back to normal: its options for the test's database
+/// and a pool on it.
+async fn take_standby(
+    primary: &PgPool,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    PgConnectOptions,
+    PgPool,
+) {
+    let turn = STANDBY.lock().await;
+    let options = standby_options(primary).await;
+    reset_standby(&options).await;
+    let replica = replica_pool(&options).await;
+    (turn, options, replica)
+}
+
 async fn replica_pool(options: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(16)
@@ -181,10 +197,7 @@ async fn transactions_on(options: &PgConnectOptions) -> i64 {
 
 #[sqlx::test]
 async fn a_fresh_replica_serves_the_lookups(primary: PgPool) {
-    let _standby = STANDBY.lock().await;
-    let options = standby_options(&primary).await;
-    reset_standby(&options).await;
-    let replica = replica_pool(&options).await;
+    let (_turn, options, replica) = take_standby(&primary).await;
     let db = routed(&primary, &replica).await;
     let identities = users(&db, 20, "serve").await;
     until_replica_serves(&db.session(), Duration::from_secs(10)).await;
@@ -227,10 +240,7 @@ async fn a_fresh_replica_serves_the_lookups(primary: PgPool) {
 
 #[sqlx::test]
 async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
-    let _standby = STANDBY.lock().await;
-    let options = standby_options(&primary).await;
-    reset_standby(&options).await;
-    let replica = replica_pool(&options).await;
+    let (_turn, options, replica) = take_standby(&primary).await;
     let db = Db::builder(primary.clone())
         .replicas([replica.clone()])
         .check_interval(CHECK)
@@ -291,10 +301,7 @@ async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
 /// control) stale answers do occur, which shows the test can see one.
 #[sqlx::test]
 async fn read_your_writes_under_concurrency(primary: PgPool) {
-    let _standby = STANDBY.lock().await;
-    let options = standby_options(&primary).await;
-    reset_standby(&options).await;
-    let replica = replica_pool(&options).await;
+    let (_turn, options, replica) = take_standby(&primary).await;
     let db = routed(&primary, &replica).await;
     let identities = users(&db, 16, "ryw").await;
     until_replica_serves(&db.session(), Duration::from_secs(10)).await;
@@ -381,10 +388,7 @@ async fn read_your_writes_under_concurrency(primary: PgPool) {
 
 #[sqlx::test]
 async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
-    let _standby = STANDBY.lock().await;
-    let options = standby_options(&primary).await;
-    reset_standby(&options).await;
-    let replica = replica_pool(&options).await;
+    let (_turn, options, replica) = take_standby(&primary).await;
     let db = routed(&primary, &replica).await;
     let identities = users(&db, 4, "fail").await;
     let reader = db.session();
