@@ -1,7 +1,8 @@
-# Shared by scripts/local-db.sh (the dev cluster) and scripts/sandbox-emulator.sh (the TLS sandbox
-# emulator): finding (or installing) Debian's PostgreSQL, the server user, the cluster's folder, and
-# initdb/start/stop. Sourced, not run; the sourcing script sets `cluster`, `port`, `db_user`, `say`,
-# `die`, and `after_initdb` (its own configuration of a new cluster).
+# Shared by scripts/local-db.sh (the dev cluster), scripts/sandbox-emulator.sh (the TLS sandbox
+# emulator), scripts/standby.sh and scripts/pgbouncer.sh: messages, finding (or installing) Debian's
+# PostgreSQL, the server user, the cluster's folder, and initdb/start/stop. Sourced, not run; the
+# sourcing script sets `tag` (its name in messages), `cluster`, `port`, `db_user`, and where it
+# initialises clusters `after_initdb` (its own configuration of a new cluster).
 #
 # Layout: <dir>/data (PGDATA), <dir>/socket (the unix socket, folder mode 0700), <dir>/postgres.log,
 # <dir>/password (the superuser's, mode 0600), where <dir> is .pgdata/<cluster> in the repo, or
@@ -10,6 +11,12 @@
 # fresh (mode 0700, owned by the server user); one that already exists is used only if it is a real
 # folder of that owner (not a link another user planted), and its mode is set to 0700. LOCAL_PG_BASE
 # overrides it (tests).
+
+say() { printf '%s: %s\n' "$tag" "$*" >&2; }
+die() {
+  printf '%s: error: %s\n' "$tag" "$*" >&2
+  exit 1
+}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 

@@ -22,11 +22,7 @@ port=${LOCAL_PG_PORT:-54329}
 db_user=livermore
 db_name=${LOCAL_PG_DATABASE:-livermore}
 
-say() { printf 'local-db: %s\n' "$*" >&2; }
-die() {
-  printf 'local-db: error: %s\n' "$*" >&2
-  exit 1
-}
+tag=local-db
 
 # shellcheck source=scripts/cluster.sh
 . "$(dirname "$0")/cluster.sh"

@@ -18,11 +18,7 @@ set -euo pipefail
 cluster=pgbouncer
 db_user=livermore
 
-say() { printf 'pgbouncer: %s\n' "$*" >&2; }
-die() {
-  printf 'pgbouncer: error: %s\n' "$*" >&2
-  exit 1
-}
+tag=pgbouncer
 
 # shellcheck source=scripts/cluster.sh
 . "$(dirname "$0")/cluster.sh"

@@ -15,11 +15,7 @@ port=${LOCAL_SANDBOX_PORT:-54339}
 db_user=livermore
 sandbox_user=sandbox_admin
 
-say() { printf 'sandbox-emulator: %s\n' "$*" >&2; }
-die() {
-  printf 'sandbox-emulator: error: %s\n' "$*" >&2
-  exit 1
-}
+tag=sandbox-emulator
 
 # shellcheck source=scripts/cluster.sh
 . "$(dirname "$0")/cluster.sh"

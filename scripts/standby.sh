@@ -26,11 +26,7 @@ db_user=livermore
 db_name=${LOCAL_PG_DATABASE:-livermore}
 slot=livermore_standby
 
-say() { printf 'standby: %s\n' "$*" >&2; }
-die() {
-  printf 'standby: error: %s\n' "$*" >&2
-  exit 1
-}
+tag=standby
 
 # shellcheck source=scripts/cluster.sh
 . "$(dirname "$0")/cluster.sh"
