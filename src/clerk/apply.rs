@@ -520,18 +520,28 @@ async fn update(
                                              OR u.identity_updated_at < i.updated_at
                                            THEN i.picture_url ELSE u.identity_picture_url END,
                identity_updated_at = greatest(u.identity_updated_at, i.updated_at),
-               role = CASE WHEN u.identity_role_updated_at >= i.updated_at THEN u.role
-                           WHEN i.role IS NOT NULL THEN i.role
-                           WHEN u.role_source = 'clerk' THEN 'user'
-                           ELSE u.role END,
-               role_source = CASE WHEN u.identity_role_updated_at >= i.updated_at THEN u.role_source
-                                  WHEN i.role IS NOT NULL THEN 'clerk'
-                                  ELSE u.role_source END,
-               identity_role_updated_at = CASE WHEN u.identity_role_updated_at >= i.updated_at
-                                                 THEN u.identity_role_updated_at
-                                               WHEN i.role IS NOT NULL OR u.role_source = 'clerk'
-                                                 THEN i.updated_at
-                                               ELSE u.identity_role_updated_at END,
+               -- The role: `takes` when the record is newer than the role's version and either Clerk
+               -- set the role, or the record's role differs from the last one Clerk gave (a role set
+               -- by hand holds until Clerk's role itself changes). What it takes is the role of the
+               -- newest record seen: this one's, or, when a newer one is stored already (it arrived
+               -- first and carried the last role Clerk gave, or it would have taken), that one's.
+               (role, clerk_role, role_source, identity_role_updated_at) = (
+                   SELECT CASE WHEN d.takes THEN d.newest_role ELSE u.role END,
+                          CASE WHEN d.takes THEN d.newest_role ELSE u.clerk_role END,
+                          CASE WHEN d.takes THEN 'clerk' ELSE u.role_source END,
+                          CASE WHEN d.takes THEN d.newest_at ELSE u.identity_role_updated_at END
+                   FROM (SELECT (u.identity_role_updated_at IS NULL
+                                 OR u.identity_role_updated_at < i.updated_at)
+                                AND (u.role_source = 'clerk'
+                                     OR coalesce(i.role, 'user') <> coalesce(u.clerk_role, 'user'))
+                                  AS takes,
+                                CASE WHEN f.this_is_newest THEN coalesce(i.role, 'user')
+                                     ELSE coalesce(u.clerk_role, 'user') END AS newest_role,
+                                CASE WHEN f.this_is_newest THEN i.updated_at
+                                     ELSE u.identity_updated_at END AS newest_at
+                         FROM (SELECT u.role_source = 'clerk' OR u.identity_updated_at IS NULL
+                                      OR u.identity_updated_at <= i.updated_at AS this_is_newest) AS f
+                        ) AS d),
                last_login_at = greatest(u.last_login_at, i.last_login_at),
                updated_at = now() AT TIME ZONE 'UTC'
            FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::text[], $5::varchar[],
@@ -540,7 +550,8 @@ async fn update(
            WHERE u.identity_provider = 'clerk' AND u.identity_sub = i.sub
              AND (u.identity_updated_at IS NULL OR u.identity_updated_at < i.updated_at
                   OR ((u.identity_role_updated_at IS NULL OR u.identity_role_updated_at < i.updated_at)
-                      AND (i.role IS NOT NULL OR u.role_source = 'clerk'))
+                         AND (u.role_source = 'clerk'
+                              OR coalesce(i.role, 'user') <> coalesce(u.clerk_role, 'user')))
                   OR i.last_login_at > coalesce(u.last_login_at, '-infinity'))
            RETURNING u.identity_sub AS "sub!""#,
         &c.subject as &[&str],
@@ -568,14 +579,15 @@ async fn insert(
     let c = Columns::of(profiles);
     let rows = sqlx::query!(
         r#"INSERT INTO users (username, email, released_email, identity_provider, identity_sub,
-                              display_name, identity_picture_url, role, role_source, last_login_at,
-                              identity_updated_at, identity_role_updated_at, is_active)
+                              display_name, identity_picture_url, role, role_source, clerk_role,
+                              last_login_at, identity_updated_at, identity_role_updated_at,
+                              is_active)
            SELECT i.username,
                   CASE WHEN t.identity_sub IS NULL THEN i.email
                        ELSE 'deleted+' || md5('clerk:' || i.sub) || '@deleted.invalid' END,
                   CASE WHEN t.identity_sub IS NOT NULL THEN i.email END,
                   'clerk', i.sub, i.display_name, i.picture_url, coalesce(i.role, 'user'), 'clerk',
-                  i.last_login_at, i.updated_at, i.updated_at, t.identity_sub IS NULL
+                  coalesce(i.role, 'user'), i.last_login_at, i.updated_at, i.updated_at, t.identity_sub IS NULL
            FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::text[],
                        $6::varchar[], $7::timestamp[], $8::timestamp[])
                 AS i(username, email, sub, display_name, picture_url, role, last_login_at, updated_at)

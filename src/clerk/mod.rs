@@ -18,22 +18,31 @@
 //! or changes `users.email`.
 //!
 //! **Role.** `public_metadata.role` is a valid [`Role`](crate::Role), absent (`null` included), or
-//! invalid. The role has a version of its own (`users.identity_role_updated_at`) and a source
-//! (`users.role_source`: `clerk`, or `manual` for [`set_role`](crate::set_role) and the default):
+//! invalid; absent and invalid count as `user`, the role Clerk gives by default. The role has a
+//! version of its own (`users.identity_role_updated_at`), a source (`users.role_source`: `clerk`, or
+//! `manual` for [`set_role`](crate::set_role) and the default) and the role Clerk last gave
+//! (`users.clerk_role`, kept when the role is then set by hand; `NULL`, for rows from before this
+//! rule, counts as `user`):
 //!
 //! | the stored role came from | a newer Clerk record says | result |
 //! |---|---|---|
 //! | Clerk | a valid role R | R |
-//! | Clerk | no role, or `null` | `user` (revoked) |
-//! | Clerk | an invalid value | `user` (revoked), and [`Applied::role_note`] says why |
-//! | `set_role` (by hand) | a valid role R, newer than the change by hand | R (now from Clerk) |
-//! | `set_role` | no role, `null`, an invalid value | kept |
+//! | Clerk | no role, `null`, or an invalid value | `user` (revoked); for an invalid value [`Applied::role_note`] says why |
+//! | `set_role` (by hand) | the role Clerk last gave (valid, or none for `user`) | kept |
+//! | `set_role` | another role, newer than the change by hand | Clerk's role (R, or `user` for none): now from Clerk |
 //! | either | anything not newer than the role's version | nothing changes |
 //!
+//! Clerk re-sends the whole user on every change, so a newer record is not a new role: an admin
+//! demoted by hand stays demoted when the user edits their name in Clerk and Clerk re-sends
+//! `role: "admin"`; once Clerk's role changes (to `subscriber_pro`, or removed), Clerk's role applies
+//! again. Clerk removing or changing a role it set revokes at once.
+//!
 //! "Newer" compares Clerk's `updated_at` with the role's version: the `updated_at` of the Clerk record
-//! that set it, or for `set_role` the database's clock at the change. A new user created from Clerk
-//! gets the record's valid role, else `user`, as set by Clerk. Existing rows from before this rule
-//! count as set by hand unless a Clerk record had set their role.
+//! that set it, or for `set_role` the database's clock at the change. Whatever the delivery order of
+//! the records newer than a change by hand, the result is the one in order: when a record that
+//! differs arrives after a newer one that did not, the role of the newest record applies. A new user
+//! created from Clerk gets the record's valid role, else `user`, as set by Clerk. Existing rows from
+//! before these rules count as set by hand unless a Clerk record had set their role.
 //!
 //! **Deletion.** `user.deleted` records a permanent tombstone (`identity_tombstones`), deactivates the
 //! user (`is_active = false`; the row, its id and everything pointing at it stay) and releases its

@@ -408,9 +408,11 @@ pub async fn record_login(executor: impl PgExecutor<'_>, id: UserId) -> Result<U
 /// Sets a user's role by hand and returns the user; [`Error::UserNotFound`] when there is no such
 /// user.
 ///
-/// The role is recorded as set by hand, versioned with the database's clock: a later Clerk event
-/// without a valid role keeps it, and only a Clerk event newer than this change with a valid role
-/// replaces it (see the [Clerk rules](crate::clerk)).
+/// The role is recorded as set by hand, versioned with the database's clock, and holds until Clerk's
+/// role itself changes: a Clerk record replaces it only when it is newer than this change and carries
+/// a role other than the last one Clerk gave (see the [Clerk rules](crate::clerk)). So a user demoted
+/// here stays demoted when Clerk re-sends the user with the old role (after they edit their name,
+/// say).
 pub async fn set_role(
     executor: impl PgExecutor<'_>,
     id: UserId,
@@ -420,6 +422,7 @@ pub async fn set_role(
         UserRow,
         r#"UPDATE users
            SET role = $2, role_source = 'manual',
+               clerk_role = CASE WHEN role_source = 'clerk' THEN role ELSE clerk_role END,
                identity_role_updated_at = now() AT TIME ZONE 'UTC',
                updated_at = now() AT TIME ZONE 'UTC'
            WHERE id = $1

@@ -115,8 +115,19 @@ pub fn expected_users_shape() -> UsersShape {
             // Migration 0005: who set the role, and a deleted user's released address.
             column("role_source", "character varying", Some(10), Some("'manual'::character varying"), false),
             column("released_email", "character varying", Some(255), None, true),
+            // Migration 0006: the role Clerk last gave, kept when the role is set by hand.
+            column("clerk_role", "character varying", Some(20), None, true),
         ],
         constraints: vec![
+            // NOT VALID: added without a scan (every row NULL then), enforced on every write.
+            Constraint {
+                validated: false,
+                ..constraint(
+                    "users_clerk_role_check",
+                    "c",
+                    "CHECK (((clerk_role)::text = ANY ((ARRAY['user'::character varying, 'admin'::character varying, 'subscriber_basic'::character varying, 'subscriber_pro'::character varying])::text[]))) NOT VALID",
+                )
+            },
             constraint("users_email_unique", "u", "UNIQUE (email)"),
             constraint(
                 "users_identity_pair_check",
@@ -154,9 +165,19 @@ pub fn expected_users_shape() -> UsersShape {
     }
 }
 
-/// The shape after reverting 0005: no `role_source`, `released_email` and their check.
-pub fn expected_users_shape_before_0005() -> UsersShape {
+/// The shape after reverting 0006: no `clerk_role` and its check.
+pub fn expected_users_shape_before_0006() -> UsersShape {
     let mut shape = expected_users_shape();
+    shape.columns.retain(|c| c.name != "clerk_role");
+    shape
+        .constraints
+        .retain(|c| c.name != "users_clerk_role_check");
+    shape
+}
+
+/// The shape after reverting 0006 and 0005: no `role_source`, `released_email` and their check.
+pub fn expected_users_shape_before_0005() -> UsersShape {
+    let mut shape = expected_users_shape_before_0006();
     shape
         .columns
         .retain(|c| c.name != "role_source" && c.name != "released_email");
@@ -206,7 +227,7 @@ pub async fn rows_of<'c>(conn: impl PgExecutor<'c>, table: &'static str) -> Stri
     let sql = match table {
         // Without the sync bookkeeping columns of 0004 and 0005, which the old schemas never had.
         "users" => {
-            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at' - 'identity_role_updated_at' - 'role_source' - 'released_email')::text, E'\\n' ORDER BY id), '')
+            "SELECT coalesce(string_agg((to_jsonb(t) - 'identity_updated_at' - 'identity_role_updated_at' - 'role_source' - 'released_email' - 'clerk_role')::text, E'\\n' ORDER BY id), '')
              FROM users t"
         }
         "watchlists" => {

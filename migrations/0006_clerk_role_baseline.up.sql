@@ -1,0 +1,20 @@
+-- A role set by hand holds until Clerk's role itself changes (see the rules in src/clerk/mod.rs):
+--   * users.clerk_role: the role Clerk last gave the user (its valid `public_metadata.role`, or
+--     'user' for none), kept when the role is then set by hand. A newer Clerk record replaces a role
+--     set by hand only when the role it carries differs from this one. Clerk re-sends the whole user
+--     on every change (a new first name, say), so "a newer record" alone is not "Clerk changed the
+--     role".
+-- Existing rows keep NULL (not known), which counts as 'user': for a role set by hand that is the
+-- rule in force before (a newer valid role from Clerk other than 'user' replaces it).
+--
+-- The column is nullable without a default: adding it changes the catalog only (no rewrite, no
+-- scan). The check is NOT VALID for the same reason (every row is NULL, so there is nothing to
+-- validate); PostgreSQL enforces it on every write from now on all the same.
+SET LOCAL lock_timeout = '5s';
+SET LOCAL statement_timeout = '5s';
+
+ALTER TABLE users ADD COLUMN clerk_role varchar(20);
+COMMENT ON COLUMN users.clerk_role IS 'livermore-db: added by migration 0006';
+ALTER TABLE users ADD CONSTRAINT users_clerk_role_check
+    CHECK (clerk_role IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')) NOT VALID;
+COMMENT ON CONSTRAINT users_clerk_role_check ON users IS 'livermore-db: added by migration 0006';
