@@ -115,8 +115,8 @@ pub use payload::{ClerkDeleted, ClerkEmailAddress, ClerkEvent, ClerkUser, ClerkV
 pub use profile::{ClerkProfile, MetadataRole};
 #[cfg(feature = "clerk-webhook")]
 pub use webhook::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_TOLERANCE, VerifiedEvent, WebhookError, WebhookHeaders,
-    WebhookVerifier,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_TOLERANCE, MAX_SIGNATURE_HEADER_BYTES, VerifiedEvent,
+    WebhookError, WebhookHeaders, WebhookVerifier,
 };
 
 use crate::error::Error;
@@ -128,9 +128,10 @@ pub const PROVIDER: &str = "clerk";
 
 /// What an event asks for: a change to apply, or nothing (an event type this sync ignores).
 fn change_of(event: &ClerkEvent) -> Result<Option<Change>, Error> {
+    // serde's own messages quote the offending value: described without it.
     let bad_payload = |e: serde_json::Error| Error::InvalidInput {
         field: "clerk event data",
-        reason: e.to_string(),
+        reason: payload::describe_json_error(&e),
     };
     match event.event_type.as_str() {
         "user.created" | "user.updated" => {

@@ -83,3 +83,21 @@ pub struct ClerkDeleted {
     /// Clerk's user id.
     pub id: String,
 }
+
+/// A JSON error described without any value from the body: serde's messages quote the offending
+/// value ("invalid type: string \"…\""), so only "missing field" messages (which name a field of
+/// ours) are kept whole.
+pub(crate) fn describe_json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let what = if message.starts_with("missing field") {
+        return message;
+    } else {
+        match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "a value of the wrong type or shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}

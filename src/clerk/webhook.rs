@@ -63,8 +63,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const MIN_KEY_BYTES: usize = 24;
 /// The longest message id accepted.
 const MAX_ID_BYTES: usize = 256;
-/// Signatures looked at in one header, at most (Svix sends one per active secret).
-const MAX_SIGNATURES: usize = 16;
+/// The longest signature header accepted: every entry in it is read (Svix sends one per active
+/// secret, about 50 bytes each; entries of versions other than `v1` are skipped, however many).
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 8 * 1024;
 
 /// Why a webhook request was refused. No variant holds a secret, a signature or the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -323,6 +324,36 @@ impl WebhookVerifier {
         self.verify_at(headers, body, SystemTime::now())
     }
 
+    /// Checks what can be checked before the body is read: the message id, the timestamp's form and
+    /// its distance from `now`, and the signature header's size. An HTTP server calls it as soon as
+    /// the headers are in, and refuses the request (401) without reading a body of up to
+    /// [`max_body_bytes`](Self::max_body_bytes) from someone who cannot have signed it.
+    /// [`verify_at`](Self::verify_at) checks all of this again. Returns the signed timestamp.
+    pub fn check_headers(
+        &self,
+        headers: &WebhookHeaders<'_>,
+        now: SystemTime,
+    ) -> Result<i64, WebhookError> {
+        if headers.id.is_empty() || headers.id.len() > MAX_ID_BYTES {
+            return Err(WebhookError::BadHeader {
+                name: headers.name(0),
+                reason: "empty or longer than 256 bytes",
+            });
+        }
+        let timestamp = parse_timestamp(headers.timestamp).ok_or(WebhookError::BadHeader {
+            name: headers.name(1),
+            reason: "not whole seconds since the epoch",
+        })?;
+        if headers.signature.len() > MAX_SIGNATURE_HEADER_BYTES {
+            return Err(WebhookError::BadHeader {
+                name: headers.name(2),
+                reason: "longer than 8 KiB",
+            });
+        }
+        self.check_time(timestamp, now)?;
+        Ok(timestamp)
+    }
+
     /// [`verify`](Self::verify) as of `now` (for tests and replays of recorded traffic).
     pub fn verify_at(
         &self,
@@ -336,21 +367,11 @@ impl WebhookVerifier {
                 limit: self.max_body_bytes,
             });
         }
-        if headers.id.is_empty() || headers.id.len() > MAX_ID_BYTES {
-            return Err(WebhookError::BadHeader {
-                name: headers.name(0),
-                reason: "empty or longer than 256 bytes",
-            });
-        }
-        let timestamp = parse_timestamp(headers.timestamp).ok_or(WebhookError::BadHeader {
-            name: headers.name(1),
-            reason: "not whole seconds since the epoch",
-        })?;
-        self.check_time(timestamp, now)?;
+        let timestamp = self.check_headers(headers, now)?;
         self.check_signature(headers, body)?;
         let event = serde_json::from_slice::<ClerkEvent>(body).map_err(|e| {
             WebhookError::NotClerkEvent {
-                reason: describe_json_error(&e),
+                reason: super::payload::describe_json_error(&e),
             }
         })?;
         Ok(VerifiedEvent {
@@ -393,7 +414,6 @@ impl WebhookVerifier {
         let candidates: Vec<Vec<u8>> = headers
             .signature
             .split_whitespace()
-            .take(MAX_SIGNATURES)
             .filter_map(|entry| entry.strip_prefix("v1,"))
             .filter_map(|encoded| BASE64.decode(encoded).ok())
             .collect();
@@ -440,24 +460,6 @@ fn parse_timestamp(text: &str) -> Option<i64> {
         return None;
     }
     text.parse().ok()
-}
-
-/// A JSON error described without any value from the body: serde's messages quote the offending
-/// value ("invalid type: string \"…\""), so only "missing field" messages (which name a field of
-/// ours) are kept whole.
-fn describe_json_error(e: &serde_json::Error) -> String {
-    let message = e.to_string();
-    let what = if message.starts_with("missing field") {
-        return message;
-    } else {
-        match e.classify() {
-            serde_json::error::Category::Io => "unreadable",
-            serde_json::error::Category::Syntax => "not JSON",
-            serde_json::error::Category::Data => "a value of the wrong type or shape",
-            serde_json::error::Category::Eof => "truncated JSON",
-        }
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -580,6 +582,51 @@ mod tests {
                 "{list}"
             );
         }
+    }
+
+    /// Every entry up to the header's size limit is read: a valid `v1` entry after any number of
+    /// entries of other versions (or bad ones) is accepted; a header over 8 KiB is refused whole.
+    #[test]
+    fn a_valid_signature_after_any_number_of_others_is_found() {
+        let body = br#"{"test": 2432232314}"#;
+        let verifier = WebhookVerifier::from_list(SECRET).unwrap();
+        let at_spec_time = at(1614265330);
+        for others in [16, 17, 100, 150] {
+            let header = format!("{}{SIGNATURE}", "v1a,bm9wZQ== ".repeat(others));
+            assert!(header.len() <= MAX_SIGNATURE_HEADER_BYTES);
+            let h = [
+                ("webhook-id", ID),
+                ("webhook-timestamp", TIMESTAMP),
+                ("webhook-signature", header.as_str()),
+            ];
+            let h = headers(&h).unwrap();
+            assert!(signature_of(&verifier, &h, body), "{others} others first");
+            assert_eq!(verifier.check_headers(&h, at_spec_time), Ok(1614265330));
+        }
+        let header = format!(
+            "{}{SIGNATURE}",
+            "v1,bm9wZQ== ".repeat(MAX_SIGNATURE_HEADER_BYTES / 12)
+        );
+        assert!(header.len() > MAX_SIGNATURE_HEADER_BYTES);
+        let h = [
+            ("webhook-id", ID),
+            ("webhook-timestamp", TIMESTAMP),
+            ("webhook-signature", header.as_str()),
+        ];
+        let err = verifier
+            .verify_at(&headers(&h).unwrap(), body, at_spec_time)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WebhookError::BadHeader {
+                    name: "webhook-signature",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_unauthenticated());
     }
 
     #[test]
@@ -762,7 +809,7 @@ mod tests {
             br#"{"type": "SECRET-VALUE""#,
         ] {
             let e = serde_json::from_slice::<ClerkEvent>(body).unwrap_err();
-            let reason = describe_json_error(&e);
+            let reason = crate::clerk::payload::describe_json_error(&e);
             assert!(!reason.contains("SECRET"), "{reason}");
         }
     }
