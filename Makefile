@@ -157,9 +157,9 @@ example: migrate ## Run examples/sign_in.rs against the database: sign in twice,
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) run --quiet --example sign_in
 
-webhook: migrate ## Serve examples/clerk_webhook.rs (LISTEN_ADDR, CLERK_WEBHOOK_SECRET) on the local database
+webhook: migrate ## Serve the Clerk webhook service on the local database (CLERK_WEBHOOK_SECRET, LISTEN_ADDR)
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
-	SQLX_OFFLINE=true $(CARGO) run --quiet --features clerk-webhook --example clerk_webhook
+	SQLX_OFFLINE=true $(CARGO) run --quiet --features webhook-service --bin livermore-clerk-webhooks
 
 bench: ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \

@@ -15,8 +15,10 @@ mod pgbouncer;
 mod replicas;
 mod roles;
 mod users;
-#[cfg(feature = "clerk-webhook")]
+#[cfg(feature = "webhook-service")]
 mod webhook;
+#[cfg(feature = "webhook-service")]
+mod webhook_process;
 
 // These run the operator command, built with the `cli` feature.
 #[cfg(feature = "cli")]
