@@ -563,7 +563,7 @@ async fn hostile_strings_are_stored_verbatim_or_rejected(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(columns, 16);
+    assert_eq!(columns, 17);
 }
 
 /// A pool of its own (the test harness's pool options share a small parent pool) with 50 live
