@@ -74,10 +74,10 @@ pub enum Error {
         attempts: u32,
     },
 
-    /// A look-up through an [`IdentityLookup`](crate::IdentityLookup) failed: the statement that
-    /// carried it failed (every call in it gets this), or the handle has stopped.
+    /// An identity look-up through [`Db`](crate::Db) that was sent in one statement with others
+    /// failed: every call the statement carried gets this, sharing the statement's error.
     #[error("identity look-up failed: {0}")]
-    Lookup(String),
+    Lookup(#[source] std::sync::Arc<sqlx::Error>),
 
     /// A Clerk webhook request was refused before anything was applied (feature `clerk-webhook`).
     #[cfg(feature = "clerk-webhook")]

@@ -2,9 +2,27 @@
 //!
 //! The identity-and-access (IAM) part of the Livermore trading platform's PostgreSQL database:
 //! the `users` table's schema as [sqlx migrations](MIGRATOR), the [`Role`] enum stored in its `role`
-//! column, and the functions that find, create and update users signing in through an identity
-//! provider ([`sign_in`], [`find_by_identity`], [`link_identity`], [`record_login`], [`set_role`],
-//! [`list_by_role`], [`deactivate`]).
+//! column, and the calls that find, create and update users signing in through an identity provider.
+//!
+//! **A service uses [`Db`]**: one handle, built at start-up and cloned into every request handler,
+//! that holds its own connections (one round trip per call), coalesces concurrent identity
+//! look-ups, and routes look-ups to fresh streaming replicas when it has some.
+//!
+//! ```no_run
+//! # async fn start() -> Result<(), livermore_db::Error> {
+//! use livermore_db::{Db, Identity};
+//!
+//! let db = Db::connect("postgres://livermore@127.0.0.1:54329/livermore".parse()?).await?;
+//! db.migrate().await?;
+//! let identity = Identity::parse("clerk", "user_2NNEqL2nrIRdJ194ndJqAHwEfxC")?;
+//! let user = db.find_by_identity(&identity).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Inside a transaction of your own (from [`Db::pool`] or any `PgPool`), use the executor-generic
+//! functions: [`sign_in`], [`find_by_identity`], [`find_by_identities`], [`link_identity`],
+//! [`record_login`], [`set_role`], [`list_by_role`], [`deactivate`], [`clerk::apply_event`].
 //!
 //! Inputs are parsed once into types that can only hold valid values ([`Profile`], [`Identity`],
 //! [`Email`], …), so bad input is an [`Error::InvalidInput`] before any SQL runs. Times are UTC
@@ -12,16 +30,6 @@
 //!
 //! Every statement this crate runs is a `sqlx::query!` family macro, checked at compile time against
 //! the offline cache committed in `.sqlx/`, so dependants build without a database.
-//!
-//! ## Migrating at start-up
-//!
-//! ```no_run
-//! # async fn start() -> Result<(), livermore_db::Error> {
-//! let pool = sqlx::PgPool::connect("postgres://livermore@127.0.0.1:54329/livermore").await?;
-//! livermore_db::migrate(&pool).await?;
-//! # Ok(())
-//! # }
-//! ```
 #![warn(missing_docs)]
 
 // `sqlx.toml` maps `users.id` and `users.role` to `::livermore_db::UserId` and `::livermore_db::Role`
@@ -30,24 +38,20 @@
 extern crate self as livermore_db;
 
 pub mod clerk;
+mod db;
 mod error;
-mod held;
 mod id;
 mod input;
-mod lookup;
-mod replica;
 mod role;
 mod tx;
 mod users;
 
-pub use error::Error;
-pub use held::HeldConnections;
-pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
-pub use lookup::{DEFAULT_MAX_BATCH, IdentityLookup, LookupStats};
-pub use replica::{
-    DEFAULT_CHECK_INTERVAL, DEFAULT_MAX_LAG, DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, RoutingStats,
-    WalPosition,
+pub use db::{
+    DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECTIONS, DEFAULT_MAX_BATCH, DEFAULT_MAX_LAG,
+    DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, RoutingStats, WalPosition,
 };
+pub use error::Error;
+pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
 pub use role::Role;
 pub use users::{
     RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
@@ -61,8 +65,9 @@ pub use users::{
 /// every acquire, a round trip as long as the look-up itself; a broken connection surfaces as an
 /// error on use instead, and `max_lifetime` retires old ones). Set `max_connections` to your
 /// concurrency. What it cannot remove: sqlx 0.9 pings the server again on every *release*
-/// (`return_to_pool`), whatever the options; for the per-request look-up use
-/// [`IdentityLookup`], which holds its connections.
+/// (`return_to_pool`), whatever the options, so a one-statement call through a pool is two round
+/// trips. For a service's calls use [`Db`], which holds its connections; use a pool for
+/// transactions of your own ([`Db::pool`] is one).
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), sqlx::Error> {

@@ -1,18 +1,20 @@
-//! `HeldConnections`: calls on held connections, concurrency over few connections, a call dropped
+//! `Db`'s held connections: calls on them, concurrency over few connections, a call dropped
 //! mid-statement, a server error, a connection killed under it.
 use std::time::Duration;
 
-use livermore_db::{Error, HeldConnections, Identity, Profile};
+use livermore_db::{Db, Error, Identity, Profile};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
-async fn held(pool: &PgPool, connections: usize, name: &str) -> HeldConnections {
+async fn held(pool: &PgPool, connections: usize, name: &str) -> Db {
     let options: PgConnectOptions = pool
         .connect_options()
         .as_ref()
         .clone()
         .application_name(name);
-    HeldConnections::connect(options, connections)
+    Db::builder(options)
+        .connections(connections)
+        .build()
         .await
         .unwrap()
 }

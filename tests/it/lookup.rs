@@ -1,9 +1,7 @@
-//! `find_by_identities` and the coalescing `IdentityLookup` handle, with real concurrency.
+//! `find_by_identities`, and `Db`'s coalesced identity look-ups, with real concurrency.
 use std::sync::Arc;
 
-use livermore_db::{
-    Error, Identity, IdentityLookup, Profile, Role, find_by_identities, set_role, sign_in,
-};
+use livermore_db::{Db, Error, Identity, Profile, Role, find_by_identities, set_role, sign_in};
 use sqlx::PgPool;
 
 async fn users(pool: &PgPool, n: usize) -> Vec<(Identity, livermore_db::UserId)> {
@@ -25,6 +23,15 @@ async fn users(pool: &PgPool, n: usize) -> Vec<(Identity, livermore_db::UserId)>
 
 fn options(pool: &PgPool) -> sqlx::postgres::PgConnectOptions {
     pool.connect_options().as_ref().clone()
+}
+
+/// A handle of `connections` connections on the test's database.
+async fn handle(options: sqlx::postgres::PgConnectOptions, connections: usize) -> Db {
+    Db::builder(options)
+        .connections(connections)
+        .build()
+        .await
+        .unwrap()
 }
 
 #[sqlx::test]
@@ -58,7 +65,7 @@ async fn find_by_identities_answers_each_input_in_order(pool: PgPool) {
 #[sqlx::test]
 async fn concurrent_lookups_are_answered_right_and_share_statements(pool: PgPool) {
     let known = Arc::new(users(&pool, 50).await);
-    let lookup = IdentityLookup::connect(options(&pool), 2).await.unwrap();
+    let lookup = handle(options(&pool), 2).await;
     let mut tasks = Vec::new();
     for t in 0..64 {
         let (lookup, known) = (lookup.clone(), known.clone());
@@ -66,14 +73,14 @@ async fn concurrent_lookups_are_answered_right_and_share_statements(pool: PgPool
             for k in 0..50 {
                 let (identity, id) = &known[(t * 7 + k) % known.len()];
                 let user = lookup
-                    .lookup(identity)
+                    .find_by_identity(identity)
                     .await
                     .unwrap()
                     .expect("a known user");
                 assert_eq!(user.id, *id);
             }
             let nobody = Identity::parse("clerk", &format!("user_none_{t}")).unwrap();
-            assert!(lookup.lookup(&nobody).await.unwrap().is_none());
+            assert!(lookup.find_by_identity(&nobody).await.unwrap().is_none());
         }));
     }
     for t in tasks {
@@ -82,17 +89,17 @@ async fn concurrent_lookups_are_answered_right_and_share_statements(pool: PgPool
     let stats = lookup.stats();
     assert_eq!(stats.lookups, 64 * 51);
     assert!(
-        stats.statements * 2 < stats.lookups,
+        stats.lookup_statements * 2 < stats.lookups,
         "concurrent calls go out together: {stats:?}"
     );
 
     // One call at a time goes out alone, at once.
     let before = lookup.stats();
-    lookup.lookup(&known[0].0).await.unwrap();
+    lookup.find_by_identity(&known[0].0).await.unwrap();
     let after = lookup.stats();
     assert_eq!(
         (
-            after.statements - before.statements,
+            after.lookup_statements - before.lookup_statements,
             after.lookups - before.lookups
         ),
         (1, 1)
@@ -104,7 +111,7 @@ async fn concurrent_lookups_are_answered_right_and_share_statements(pool: PgPool
 #[sqlx::test]
 async fn a_committed_change_is_seen_by_the_next_lookup(pool: PgPool) {
     let known = Arc::new(users(&pool, 64).await);
-    let lookup = IdentityLookup::connect(options(&pool), 3).await.unwrap();
+    let lookup = handle(options(&pool), 3).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for t in 0..64 {
@@ -112,7 +119,10 @@ async fn a_committed_change_is_seen_by_the_next_lookup(pool: PgPool) {
         readers.push(tokio::spawn(async move {
             let mut k = t;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                lookup.lookup(&known[k % known.len()].0).await.unwrap();
+                lookup
+                    .find_by_identity(&known[k % known.len()].0)
+                    .await
+                    .unwrap();
                 k += 1;
             }
         }));
@@ -133,23 +143,21 @@ async fn a_committed_change_is_seen_by_the_next_lookup(pool: PgPool) {
     for i in 0..10_000 {
         let role = roles[i % roles.len()];
         set_role(&mut *writer, id, role).await.unwrap();
-        let seen = lookup.lookup(&identity).await.unwrap().unwrap();
+        let seen = lookup.find_by_identity(&identity).await.unwrap().unwrap();
         assert_eq!(seen.role, role, "iteration {i}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for r in readers {
         r.await.unwrap();
     }
-    assert!(lookup.stats().statements < lookup.stats().lookups);
+    assert!(lookup.stats().lookup_statements < lookup.stats().lookups);
 }
 
 #[sqlx::test]
 async fn a_broken_connection_fails_only_its_calls_and_is_replaced(pool: PgPool) {
     let known = users(&pool, 2).await;
-    let lookup = IdentityLookup::connect(options(&pool).application_name("lookup-under-test"), 2)
-        .await
-        .unwrap();
-    lookup.lookup(&known[0].0).await.unwrap().unwrap();
+    let lookup = handle(options(&pool).application_name("lookup-under-test"), 2).await;
+    lookup.find_by_identity(&known[0].0).await.unwrap().unwrap();
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE application_name = 'lookup-under-test'",
@@ -157,30 +165,33 @@ async fn a_broken_connection_fails_only_its_calls_and_is_replaced(pool: PgPool) 
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(killed, [true, true]);
+    assert!(
+        !killed.is_empty() && killed.iter().all(|k| *k),
+        "{killed:?}"
+    );
     // Each dead connection fails the one statement it carries, then is replaced.
     let mut failures = 0;
     for _ in 0..10 {
-        match lookup.lookup(&known[1].0).await {
+        match lookup.find_by_identity(&known[1].0).await {
             Ok(found) => assert_eq!(found.unwrap().id, known[1].1),
-            Err(Error::Lookup(_)) => failures += 1,
+            Err(Error::Lookup(_) | Error::Database(_)) => failures += 1,
             Err(other) => panic!("{other:?}"),
         }
     }
     assert!(failures <= 2, "{failures} failures");
-    lookup.lookup(&known[0].0).await.unwrap().unwrap();
+    lookup.find_by_identity(&known[0].0).await.unwrap().unwrap();
 }
 
 #[sqlx::test]
 async fn callers_that_go_away_break_nothing(pool: PgPool) {
     let known = Arc::new(users(&pool, 5).await);
-    let lookup = IdentityLookup::connect(options(&pool), 1).await.unwrap();
+    let lookup = handle(options(&pool), 1).await;
     // Hundreds of calls abandoned at once, some before and some after they went out.
     let mut tasks = Vec::new();
     for t in 0..300 {
         let (lookup, known) = (lookup.clone(), known.clone());
         tasks.push(tokio::spawn(async move {
-            lookup.lookup(&known[t % 5].0).await.ok();
+            lookup.find_by_identity(&known[t % 5].0).await.ok();
         }));
     }
     for (i, t) in tasks.iter().enumerate() {
@@ -192,6 +203,9 @@ async fn callers_that_go_away_break_nothing(pool: PgPool) {
         let _ = t.await;
     }
     for (identity, id) in known.iter() {
-        assert_eq!(lookup.lookup(identity).await.unwrap().unwrap().id, *id);
+        assert_eq!(
+            lookup.find_by_identity(identity).await.unwrap().unwrap().id,
+            *id
+        );
     }
 }

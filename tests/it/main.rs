@@ -13,6 +13,7 @@ mod lookup;
 mod migrations;
 mod pgbouncer;
 mod replicas;
+mod restart;
 mod roles;
 mod users;
 #[cfg(feature = "webhook-service")]

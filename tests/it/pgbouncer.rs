@@ -118,12 +118,23 @@ async fn session_mode_carries_the_crate(primary: PgPool) {
         errors.is_empty(),
         "behind PgBouncer in session mode: {errors:?}"
     );
-    // And the handle's write-position reads pass through it too.
-    let db = livermore_db::Db::new(pool.clone());
+    // And Db's held connections and write-position reads pass through it too (with a replica
+    // configured, so that writes read the position; no look-up, so no check task connects).
     let identity = Identity::parse("clerk", "user_session_0").unwrap();
-    let user = db.find_by_identity(&identity).await.unwrap().unwrap();
+    let user = livermore_db::find_by_identity(&pool, &identity)
+        .await
+        .unwrap()
+        .unwrap();
+    pool.close().await;
+    let db = livermore_db::Db::builder(bouncer.options.clone())
+        .connections(1)
+        .replicas([bouncer.options.clone()])
+        .build()
+        .await
+        .unwrap();
     db.set_role(user.id, Role::SubscriberPro).await.unwrap();
     assert!(db.last_write().is_some());
+    db.close().await;
     release(pool, &primary).await;
 }
 

@@ -178,36 +178,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bind(user.id.0)
         .execute(&pool)
         .await?;
-    // The look-up handle, from spawned tasks too.
+    // Db, the service's handle: built, used and closed from spawned tasks (every future `Send`).
     let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-    let handle = livermore_db::IdentityLookup::connect(options, 2).await?;
-    let mut lookups = Vec::new();
+    let db = tokio::spawn({
+        let options = options.clone();
+        async move { livermore_db::Db::connect(options).await }
+    })
+    .await??;
+    let built = tokio::spawn({
+        let options = options.clone();
+        async move {
+            livermore_db::Db::builder(options.clone())
+                .replicas([options])
+                .connections(2)
+                .build()
+                .await
+        }
+    })
+    .await??;
+    let mut routed = Vec::new();
     for n in 1..=4 {
-        let (handle, pool) = (handle.clone(), pool.clone());
-        lookups.push(tokio::spawn(async move {
+        let (db, built, pool) = (db.session(), built.clone(), pool.clone());
+        routed.push(tokio::spawn(async move {
             let identity = Identity::parse("clerk", &format!("user_consumer_{n}"))?;
             let batch = livermore_db::find_by_identities(&pool, &[identity.clone()]).await?;
             assert!(batch[0].is_some());
-            handle.lookup(&identity).await
-        }));
-    }
-    for l in lookups {
-        assert!(l.await??.is_some());
-    }
-    // The routing handle (primary only here) and the held connections, from spawned tasks.
-    let db = livermore_db::Db::builder(pool.clone()).build().await?;
-    let held = livermore_db::HeldConnections::connect(url.parse()?, 2).await?;
-    let mut routed = Vec::new();
-    for n in 1..=4 {
-        let (db, held) = (db.session(), held.clone());
-        routed.push(tokio::spawn(async move {
-            let identity = Identity::parse("clerk", &format!("user_consumer_{n}"))?;
-            let user = held
+            let user = db
                 .find_by_identity(&identity)
                 .await?
                 .expect("signed in above");
-            held.record_login(user.id).await?;
-            held.sign_in(&profile(n)).await?;
+            built.find_by_identity(&identity).await?;
             db.sign_in(&profile(n)).await?;
             db.record_login(user.id).await?;
             db.set_role(user.id, Role::SubscriberBasic).await?;
@@ -221,13 +221,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             db.list_by_role(Role::SubscriberBasic, None, 10).await?;
             db.deactivate(user.id).await?;
             let seen = db.find_by_identity(&identity).await?.expect("still there");
-            assert!(!seen.is_active && db.last_write().is_some());
+            assert!(!seen.is_active);
+            // A transaction of the caller's own on the handle's pool.
+            let mut tx = db.pool().begin().await?;
+            livermore_db::deactivate(&mut *tx, user.id).await?;
+            tx.commit().await?;
+            db.primary_only().find_by_identity(&identity).await?;
+            db.migrate().await?;
             Ok::<(), Error>(())
         }));
     }
     for r in routed {
         r.await??;
     }
+    tokio::spawn(async move {
+        db.close().await;
+        built.close().await;
+    })
+    .await?;
     println!("consumer: every public function ran from spawned tasks");
     Ok(())
 }

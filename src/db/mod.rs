@@ -1,0 +1,673 @@
+//! [`Db`]: the handle a service uses. It holds its own connections (no pool round trip per call),
+//! coalesces concurrent identity look-ups, and routes look-ups to fresh streaming replicas.
+
+mod node;
+mod routing;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::clerk::{Applied, ClerkEvent};
+use crate::error::Error;
+use crate::input::{Email, Identity, Profile};
+use crate::role::Role;
+use crate::users::{self, SignIn, User, UserId};
+use node::Node;
+use routing::{Replica, Samples, Written};
+
+pub(crate) use node::breaks_connection;
+
+/// Runs one call on a connection lent by `node`: `on_node!(node, |c| users::find_by_id(c, id))`.
+/// (A macro, not a function taking a closure: a closure over `&mut PgConnection` makes the future
+/// higher-ranked, and the compiler can then no longer prove the caller's future `Send`.)
+macro_rules! on_node {
+    ($node:expr, |$conn:ident| $call:expr) => {{
+        let mut lease = $node.lease().await?;
+        let result = {
+            let $conn = lease.conn();
+            $call.await
+        };
+        lease.finish(result)
+    }};
+}
+
+/// Runs a write on a held primary connection; with replicas, records the primary's position after
+/// it (even a failed call may have committed part of its work, a sign-in's retries say). Until the
+/// position is read, the write counts as "unknown since the moment it ends": the check task's next
+/// sample of the primary stands for it, so that a write whose caller went away mid-call (its future
+/// dropped after the commit) is covered too.
+macro_rules! write_on_primary {
+    ($db:expr, |$conn:ident| $call:expr) => {{
+        let db: &Db = $db;
+        let shared = &*db.shared;
+        if shared.replicas.is_empty() {
+            on_node!(shared.primary, |$conn| $call)
+        } else {
+            let mut unsettled = Unsettled {
+                written: &db.written,
+                shared,
+                armed: true,
+            };
+            let mut lease = shared.primary.lease().await?;
+            let result = {
+                let $conn = lease.conn();
+                $call.await
+            };
+            let result = lease.finish(result);
+            db.settle(lease, &mut unsettled).await;
+            result
+        }
+    }};
+}
+
+/// How stale a replica may be, by default, and still serve look-ups: 1 second.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
+/// How often each replica's replay position is checked, by default.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a look-up waits for a replica, by default, before the primary answers it: 250 ms (a
+/// healthy replica answers in about a millisecond).
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(250);
+/// Connections [`Db`] holds to each server, by default.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+/// The most identity look-ups one statement carries, by default.
+pub const DEFAULT_MAX_BATCH: usize = 128;
+
+/// A position in the primary's write-ahead log: what a write made visible ends before it. Returned by
+/// [`Db::last_write`]; hand it to [`Db::session_after`] (in another process, say) to read that write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct WalPosition(pub u64);
+
+impl std::fmt::Display for WalPosition {
+    /// PostgreSQL's spelling, `16/B374D848`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// Where look-ups went, and how they were sent, so far: for a service's metrics and the benchmark.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RoutingStats {
+    /// Look-ups served by the primary (no replica fresh enough, or none configured).
+    pub primary: u64,
+    /// Look-ups served by each replica, in the order given.
+    pub replicas: Vec<u64>,
+    /// Look-ups that failed or timed out on a replica and were then served by the primary (counted
+    /// in `primary` too).
+    pub fallbacks: u64,
+    /// Statements that answered identity look-ups, on every server.
+    pub lookup_statements: u64,
+    /// Identity look-ups they answered: `lookups / lookup_statements` is the average batch.
+    pub lookups: u64,
+}
+
+/// The one handle a service uses for `users`: build it once at start-up, clone it into every
+/// request handler (clones share everything), call its methods.
+///
+/// - **Fast by default.** It holds a few connections to each server ([`DEFAULT_CONNECTIONS`]) and
+///   lends one to each call: a one-statement call is one round trip. (A call through a `PgPool` is
+///   two: sqlx 0.9 pings the server on every release.) Identity look-ups made while every connection
+///   is busy are sent together, as one statement, by the caller that gets the next free connection:
+///   single statements while calls are few, batches when they are many. Nothing is cached: every
+///   answer comes from a statement sent after the call was made.
+/// - **Faults stay local.** A call whose future is dropped mid-statement gives its connection up (the
+///   server rolls back what it had open); a call that fails on its connection fails alone, and the
+///   next call opens a new connection. When the server restarts, calls fail with
+///   [`Error::Database`] while it is down and succeed again once it is back: no restart of the
+///   service, no background task to watch.
+/// - **Replicas** (optional, [`DbBuilder::replicas`]): look-ups go to a streaming replica that has
+///   replayed every transaction the primary committed more than `max_lag` ago, and everything this
+///   handle wrote (read-your-writes); otherwise, or when a replica fails or is slow, to the primary.
+///   See "The staleness contract" below.
+/// - **Transactions of your own** go through [`Db::pool`], a pool on the primary, with the crate's
+///   executor-generic functions ([`crate::sign_in`], [`crate::set_role`], …) inside them.
+///
+/// Every method's future is `Send`: spawn them, hold them across `.await` in axum handlers.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f() -> Result<(), livermore_db::Error> {
+/// use livermore_db::{Db, Identity, Profile, Role};
+///
+/// let db = Db::connect("postgres://livermore@127.0.0.1:54329/livermore".parse()?).await?;
+///
+/// // Sign-in: created the first time, updated after.
+/// let profile = Profile::parse("clerk", "user_2NNEqL2nrIRdJ194ndJqAHwEfxC", "ada@example.com", Some("Ada"), None)?;
+/// let signed_in = db.sign_in(&profile).await?;
+///
+/// // Every authenticated request: find the user by the identity in its token.
+/// let identity = Identity::parse("clerk", "user_2NNEqL2nrIRdJ194ndJqAHwEfxC")?;
+/// if let Some(user) = db.find_by_identity(&identity).await? {
+///     db.set_role(user.id, Role::SubscriberPro).await?;
+/// }
+///
+/// // A transaction of your own: the pool, and the executor-generic functions.
+/// let mut tx = db.pool().begin().await?;
+/// livermore_db::record_login(&mut *tx, signed_in.user.id).await?;
+/// tx.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// With replicas:
+///
+/// ```no_run
+/// # async fn f() -> Result<(), livermore_db::Error> {
+/// use std::time::Duration;
+/// use livermore_db::Db;
+///
+/// let db = Db::builder("postgres://livermore@primary/livermore".parse()?)
+///     .replicas(["postgres://livermore@replica-1/livermore".parse()?])
+///     .max_lag(Duration::from_millis(500))
+///     .build()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # The staleness contract
+///
+/// A replica serves a look-up only while it has replayed **every transaction the primary committed
+/// more than `max_lag` ago** (default [`DEFAULT_MAX_LAG`]), measured, not assumed: every
+/// `check_interval` (default [`DEFAULT_CHECK_INTERVAL`]) a task of the handle reads the primary's WAL
+/// position, then each replica's replay position, each on a connection of its own (a busy service
+/// cannot starve it); a replica that has replayed past a position sampled at time *t* holds
+/// everything committed before *t*. A replica that is paused, promoted, unreachable, or whose check
+/// fails, serves nothing until a later check finds it well.
+///
+/// **So a look-up served by a replica may miss a change made elsewhere** (another request's handle,
+/// the webhook service, `psql`) **during the last `max_lag`**. For an authorization decision that must
+/// see a revocation at once, ask the primary: [`Db::primary_only`]. Clerk's own session tokens live
+/// 60 seconds, so a role or deactivation is seen by a token-based check within 60 s anyway; `max_lag`
+/// (1 s by default) adds at most that to it.
+///
+/// # Read-your-writes
+///
+/// Every write through the handle records the primary's WAL position after it. A look-up through
+/// the same handle (or a clone: they share it) is served by a replica only once that replica is
+/// known to have replayed past the newest such position, else by the primary: a role change made
+/// through the handle is seen by its next look-up, always. The replica's position is read when a
+/// look-up needs it (one read in flight per replica), not only at the periodic check, so that
+/// after a write look-ups return to the replica within a round trip of its replay. [`Db::session`]
+/// gives a handle of its own position (per request or per user, say); [`Db::last_write`] and
+/// [`Db::session_after`] carry a position across processes.
+#[derive(Clone)]
+pub struct Db {
+    shared: Arc<Shared>,
+    /// What this handle (and its clones) wrote.
+    written: Arc<Written>,
+    primary_only: bool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("connections", &self.shared.primary.size)
+            .field("replicas", &self.shared.replicas.len())
+            .field("max_lag", &self.shared.max_lag)
+            .field("written", &self.last_write())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Db`]: [`Db::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct DbBuilder {
+    primary: PgConnectOptions,
+    replicas: Vec<PgConnectOptions>,
+    connections: usize,
+    max_batch: usize,
+    pool_size: u32,
+    max_lag: Duration,
+    check_interval: Duration,
+    replica_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+pub(crate) struct Shared {
+    primary: Node,
+    replicas: Vec<Replica>,
+    pool: PgPool,
+    max_lag: Duration,
+    check_interval: Duration,
+    replica_timeout: Duration,
+    epoch: Instant,
+    checker: OnceLock<()>,
+    next: AtomicUsize,
+    served_by_primary: AtomicU64,
+    fallbacks: AtomicU64,
+    samples: Samples,
+    closed: AtomicBool,
+}
+
+impl DbBuilder {
+    /// Streaming replicas of the primary to serve look-ups from. They are connected when first
+    /// needed: building never fails, nor waits, because a replica is down.
+    pub fn replicas(mut self, replicas: impl IntoIterator<Item = PgConnectOptions>) -> Self {
+        self.replicas.extend(replicas);
+        self
+    }
+
+    /// Connections held to each server (default [`DEFAULT_CONNECTIONS`]; at least 1): at most this
+    /// many calls run at once on a server; identity look-ups beyond it are coalesced.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// The most identity look-ups one statement carries (default [`DEFAULT_MAX_BATCH`]).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// Connections of [`Db::pool`], for transactions of your own (default 8).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// How stale a replica may be and still serve (default [`DEFAULT_MAX_LAG`]).
+    pub fn max_lag(mut self, max_lag: Duration) -> Self {
+        self.max_lag = max_lag;
+        self
+    }
+
+    /// How often replicas are checked (default [`DEFAULT_CHECK_INTERVAL`]; at least 10 ms).
+    pub fn check_interval(mut self, interval: Duration) -> Self {
+        self.check_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long a look-up waits for a replica before the primary answers it (default
+    /// [`DEFAULT_REPLICA_TIMEOUT`]). A look-up that times out goes to the primary; the replica keeps
+    /// serving the others (a slow query is not a sick replica).
+    pub fn replica_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection may take (default 5 s): past it, the call fails.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the handle and opens one connection to the primary, so that a wrong address or
+    /// password fails here rather than at the first call. Replicas are not contacted.
+    pub async fn build(self) -> Result<Db, Error> {
+        let db = self.build_lazy();
+        db.shared.primary.warm().await?;
+        Ok(db)
+    }
+
+    /// Builds the handle without contacting any server: connections open at the first calls.
+    pub fn build_lazy(self) -> Db {
+        let node = |options: &PgConnectOptions| {
+            Node::new(
+                options.clone(),
+                self.connections,
+                self.max_batch,
+                self.connect_timeout,
+            )
+        };
+        let pool = crate::pool_options()
+            .max_connections(self.pool_size)
+            .acquire_timeout(self.connect_timeout.max(Duration::from_secs(1)))
+            .connect_lazy_with(self.primary.clone());
+        Db {
+            shared: Arc::new(Shared {
+                primary: node(&self.primary),
+                replicas: self
+                    .replicas
+                    .iter()
+                    .map(|options| Replica::new(node(options)))
+                    .collect(),
+                pool,
+                max_lag: self.max_lag,
+                check_interval: self.check_interval,
+                replica_timeout: self.replica_timeout,
+                epoch: Instant::now(),
+                checker: OnceLock::new(),
+                next: AtomicUsize::new(0),
+                served_by_primary: AtomicU64::new(0),
+                fallbacks: AtomicU64::new(0),
+                samples: Samples::default(),
+                closed: AtomicBool::new(false),
+            }),
+            written: Arc::new(Written::default()),
+            primary_only: false,
+        }
+    }
+}
+
+impl Db {
+    /// A handle on the primary alone, with the defaults; opens one connection to check it.
+    pub async fn connect(primary: PgConnectOptions) -> Result<Db, Error> {
+        Db::builder(primary).build().await
+    }
+
+    /// A builder: the primary's connect options, then replicas and options.
+    pub fn builder(primary: PgConnectOptions) -> DbBuilder {
+        DbBuilder {
+            primary,
+            replicas: Vec::new(),
+            connections: DEFAULT_CONNECTIONS,
+            max_batch: DEFAULT_MAX_BATCH,
+            pool_size: 8,
+            max_lag: DEFAULT_MAX_LAG,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A pool on the primary (connected lazily), for transactions of your own and anything the
+    /// handle does not wrap; use the crate's executor-generic functions in them. Writes made
+    /// through it are not recorded for read-your-writes.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// Applies the pending migrations ([`crate::migrate`]) on a connection of their own.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        crate::migrate(&self.shared.pool).await
+    }
+
+    /// A handle sharing everything but with a read-your-writes position of its own, starting with
+    /// none.
+    pub fn session(&self) -> Db {
+        self.session_after(WalPosition(0))
+    }
+
+    /// A session whose look-ups see at least everything up to `position` (from [`Db::last_write`],
+    /// perhaps in another process).
+    pub fn session_after(&self, position: WalPosition) -> Db {
+        Db {
+            shared: self.shared.clone(),
+            written: Arc::new(Written::at(position.0)),
+            primary_only: self.primary_only,
+        }
+    }
+
+    /// This handle (sharing everything, its read-your-writes position included) with every look-up
+    /// sent to the primary: for a decision that must see every committed change at once (an
+    /// authorization right after a revocation made elsewhere, say).
+    pub fn primary_only(&self) -> Db {
+        Db {
+            primary_only: true,
+            ..self.clone()
+        }
+    }
+
+    /// The newest position this handle (and its clones) wrote; `None` before any write, or while
+    /// the position of the last write is not known yet.
+    pub fn last_write(&self) -> Option<WalPosition> {
+        self.written
+            .required(&self.shared.samples)
+            .filter(|p| *p != 0)
+            .map(WalPosition)
+    }
+
+    /// Where look-ups went so far, and how many statements carried them.
+    pub fn stats(&self) -> RoutingStats {
+        let nodes = std::iter::once(&self.shared.primary)
+            .chain(self.shared.replicas.iter().map(|r| &r.node));
+        let (mut lookup_statements, mut lookups) = (0, 0);
+        for node in nodes {
+            lookup_statements += node.counts.lookup_statements.load(Ordering::Relaxed);
+            lookups += node.counts.lookups.load(Ordering::Relaxed);
+        }
+        RoutingStats {
+            primary: self.shared.served_by_primary.load(Ordering::Relaxed),
+            replicas: self
+                .shared
+                .replicas
+                .iter()
+                .map(|r| r.served.load(Ordering::Relaxed))
+                .collect(),
+            fallbacks: self.shared.fallbacks.load(Ordering::Relaxed),
+            lookup_statements,
+            lookups,
+        }
+    }
+
+    /// Which replicas would serve a look-up of this handle now (indices in the order given).
+    pub fn serving_replicas(&self) -> Vec<usize> {
+        self.start_checker();
+        let required = self.written.required(&self.shared.samples);
+        (0..self.shared.replicas.len())
+            .filter(|&i| {
+                self.shared
+                    .is_fresh(&self.shared.replicas[i], required.unwrap_or(u64::MAX))
+            })
+            .collect()
+    }
+
+    /// Closes every held connection and the pool; later calls fail with `PoolClosed`. Calls running
+    /// now finish.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.primary.close().await;
+        for replica in &self.shared.replicas {
+            replica.node.close().await;
+        }
+        self.shared.pool.close().await;
+    }
+
+    // ---- look-ups: a fresh replica, else the primary ----
+
+    /// [`find_by_identity`](crate::find_by_identity): coalesced with the look-ups made at the same
+    /// moment, routed.
+    pub async fn find_by_identity(&self, identity: &Identity) -> Result<Option<User>, Error> {
+        self.route(|node| node.find_by_identity(identity)).await
+    }
+
+    /// [`find_by_identities`](crate::find_by_identities), routed.
+    pub async fn find_by_identities(
+        &self,
+        identities: &[Identity],
+    ) -> Result<Vec<Option<User>>, Error> {
+        self.route(
+            |node| async move { on_node!(node, |c| users::find_by_identities(c, identities)) },
+        )
+        .await
+    }
+
+    /// [`find_by_id`](crate::find_by_id), routed.
+    pub async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error> {
+        self.route(|node| async move { on_node!(node, |c| users::find_by_id(c, id)) })
+            .await
+    }
+
+    /// [`find_by_email`](crate::find_by_email), routed.
+    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
+        self.route(|node| async move { on_node!(node, |c| users::find_by_email(c, email)) })
+            .await
+    }
+
+    /// [`list_by_role`](crate::list_by_role), routed.
+    pub async fn list_by_role(
+        &self,
+        role: Role,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>, Error> {
+        self.route(
+            |node| async move { on_node!(node, |c| users::list_by_role(c, role, after, limit)) },
+        )
+        .await
+    }
+
+    // ---- writes: the primary, and the position recorded ----
+
+    /// [`sign_in`](crate::sign_in) on the primary.
+    pub async fn sign_in(&self, profile: &Profile) -> Result<SignIn, Error> {
+        write_on_primary!(self, |c| users::sign_in(c, profile))
+    }
+
+    /// [`link_identity`](crate::link_identity) on the primary.
+    pub async fn link_identity(&self, id: UserId, identity: &Identity) -> Result<User, Error> {
+        write_on_primary!(self, |c| users::link_identity(c, id, identity))
+    }
+
+    /// [`record_login`](crate::record_login) on the primary.
+    pub async fn record_login(&self, id: UserId) -> Result<User, Error> {
+        write_on_primary!(self, |c| users::record_login(c, id))
+    }
+
+    /// [`set_role`](crate::set_role) on the primary.
+    pub async fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
+        write_on_primary!(self, |c| users::set_role(c, id, role))
+    }
+
+    /// [`deactivate`](crate::deactivate) on the primary.
+    pub async fn deactivate(&self, id: UserId) -> Result<User, Error> {
+        write_on_primary!(self, |c| users::deactivate(c, id))
+    }
+
+    /// [`clerk::apply_event`](crate::clerk::apply_event) on the primary.
+    pub async fn apply_clerk_event(&self, event: &ClerkEvent) -> Result<Applied, Error> {
+        write_on_primary!(self, |c| crate::clerk::apply_event(c, event))
+    }
+
+    /// After a write on `lease`'s connection: reads the primary's position there (or, if that
+    /// connection broke, on another) and records it; when it cannot, `unsettled` stays armed and
+    /// records the write as unknown when dropped.
+    async fn settle(&self, mut lease: node::Lease<'_>, unsettled: &mut Unsettled<'_>) {
+        let shared = &self.shared;
+        let read = if lease.usable() {
+            let read = routing::write_position(lease.conn()).await;
+            lease.finish(read).ok()
+        } else {
+            None
+        };
+        let position = match read {
+            Some(position) => Some(position),
+            None => {
+                drop(lease);
+                match shared.primary.lease().await {
+                    Ok(mut other) => {
+                        let read = routing::write_position(other.conn()).await;
+                        other.finish(read).ok()
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+        if let Some(position) = position {
+            self.written.record(position);
+            unsettled.armed = false;
+        }
+    }
+
+    /// Runs a look-up on a fresh replica, or on the primary. A replica's failure is retried on the
+    /// primary (and the replica is out until its next good check); a replica that is only slow
+    /// keeps serving the others.
+    async fn route<'s, T, F>(&'s self, f: impl Fn(&'s Node) -> F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        let shared = &self.shared;
+        if let Some(replica) = self.pick() {
+            match tokio::time::timeout(shared.replica_timeout, f(&replica.node)).await {
+                Ok(Ok(found)) => {
+                    replica.served.fetch_add(1, Ordering::Relaxed);
+                    return Ok(found);
+                }
+                Ok(Err(e)) => {
+                    if breaks_connection(&e) {
+                        replica.healthy.store(false, Ordering::Release);
+                    }
+                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        shared.served_by_primary.fetch_add(1, Ordering::Relaxed);
+        f(&shared.primary).await
+    }
+
+    /// A fresh replica that has replayed this handle's writes, round-robin; `None`: the primary.
+    fn pick(&self) -> Option<&Replica> {
+        let shared = &self.shared;
+        let count = shared.replicas.len();
+        if count == 0 || self.primary_only {
+            return None;
+        }
+        self.start_checker();
+        let required = self.written.required(&shared.samples)?;
+        let first = shared.next.fetch_add(1, Ordering::Relaxed);
+        let mut behind = None;
+        for i in 0..count {
+            let index = (first + i) % count;
+            let replica = &shared.replicas[index];
+            if shared.is_fresh(replica, required) {
+                return Some(replica);
+            }
+            if shared.is_fresh(replica, 0) {
+                behind.get_or_insert(index);
+            }
+        }
+        // Fresh but not yet known to hold this handle's writes: read its position now.
+        if let Some(index) = behind {
+            routing::probe(&self.shared, index);
+        }
+        None
+    }
+
+    /// Starts the check task on the current Tokio runtime, once (outside a runtime: not yet).
+    fn start_checker(&self) {
+        if self.shared.replicas.is_empty() || self.shared.checker.get().is_some() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.shared.checker.get_or_init(|| {
+                runtime.spawn(routing::check_replicas(Arc::downgrade(&self.shared)));
+            });
+        }
+    }
+}
+
+/// A write in progress: unless settled with its position, it is recorded as unknown when dropped.
+struct Unsettled<'a> {
+    written: &'a Written,
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.written.record_unknown(self.shared.now());
+        }
+    }
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn is_fresh(&self, replica: &Replica, required: u64) -> bool {
+        if !replica.healthy.load(Ordering::Acquire) {
+            return false;
+        }
+        let covered = replica.covered_until.load(Ordering::Acquire);
+        let max_lag = u64::try_from(self.max_lag.as_nanos()).unwrap_or(u64::MAX);
+        covered != 0
+            && self.now().saturating_sub(covered) <= max_lag
+            && replica.replayed.load(Ordering::Acquire) >= required
+    }
+}

@@ -1,0 +1,344 @@
+//! One server's connections, held by the handle and lent to one call at a time (no pool, so no
+//! acquire and release round trip per call), with identity look-ups coalesced while every
+//! connection is busy.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::error::Error;
+use crate::input::Identity;
+use crate::users::{User, find_by_identity, find_identities};
+
+/// What a waiting identity look-up is answered with.
+type Answer = Result<Option<User>, Error>;
+
+struct Pending {
+    identity: Identity,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// Counters of one server's calls, for [`RoutingStats`](super::RoutingStats) and the benchmark.
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Statements that answered identity look-ups.
+    pub(crate) lookup_statements: AtomicU64,
+    /// Identity look-ups they answered.
+    pub(crate) lookups: AtomicU64,
+}
+
+/// A server's held connections. At most `size` calls run at once; identity look-ups that find every
+/// connection busy queue, and whichever of them gets the next free connection sends every queued
+/// look-up (up to `max_batch` a statement) in one statement.
+pub(crate) struct Node {
+    options: PgConnectOptions,
+    idle: std::sync::Mutex<Vec<PgConnection>>,
+    turns: Arc<Semaphore>,
+    pending: std::sync::Mutex<VecDeque<Pending>>,
+    pub(crate) size: usize,
+    max_batch: usize,
+    connect_timeout: Duration,
+    pub(crate) counts: Counts,
+}
+
+/// One connection lent to one call. Back to the idle list only when the call says it may be: a call
+/// whose future is dropped mid-statement, or that failed on the connection itself, gives its
+/// connection up (the socket closes; the server ends the session and rolls back what it had open),
+/// and the next call opens a new one.
+pub(crate) struct Lease<'a> {
+    node: &'a Node,
+    conn: Option<PgConnection>,
+    /// No statement is running on it, and none broke it.
+    reusable: bool,
+    broken: bool,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Lease<'_> {
+    /// The connection, for a statement: until [`finish`](Self::finish) says how it went, the
+    /// connection counts as in an unknown state (a future dropped meanwhile gives it up).
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
+        self.reusable = false;
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a lease holds its connection until dropped"))
+    }
+
+    /// Marks the connection reusable unless the call failed on the connection itself. A lease may
+    /// carry several statements (a write, then its position): once one breaks the connection, it
+    /// stays broken.
+    pub(crate) fn finish<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result
+            && breaks_connection(e)
+        {
+            self.broken = true;
+        }
+        self.reusable = !self.broken;
+        result
+    }
+
+    /// Whether the connection is still usable after what ran on it.
+    pub(crate) fn usable(&self) -> bool {
+        !self.broken
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && !self.node.turns.is_closed()
+        {
+            self.node
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}
+
+/// Whether an error leaves the connection in an unknown state (I/O, protocol, TLS, a FATAL server
+/// error, connection exceptions): such a connection is closed, not reused. A server error of the
+/// statement alone (a constraint, a cancelled statement) leaves it usable: sqlx rolls back an
+/// unfinished transaction before the connection's next statement.
+pub(crate) fn breaks_connection(e: &Error) -> bool {
+    let sqlx_error = match e {
+        Error::Database(e) => e,
+        Error::Lookup(e) => e.as_ref(),
+        _ => return false,
+    };
+    match sqlx_error {
+        sqlx::Error::Database(db) => {
+            let fatal = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| {
+                    matches!(
+                        pg.severity(),
+                        sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                    )
+                });
+            let code = db.code();
+            let class = code.as_deref().map(|c| c.get(..2).unwrap_or(c));
+            fatal || matches!(class, Some("08" | "57"))
+        }
+        sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } => false,
+        _ => true,
+    }
+}
+
+impl Node {
+    pub(crate) fn new(
+        options: PgConnectOptions,
+        size: usize,
+        max_batch: usize,
+        connect_timeout: Duration,
+    ) -> Node {
+        let size = size.max(1);
+        Node {
+            options,
+            idle: std::sync::Mutex::new(Vec::with_capacity(size)),
+            turns: Arc::new(Semaphore::new(size)),
+            pending: std::sync::Mutex::new(VecDeque::new()),
+            size,
+            max_batch: max_batch.max(1),
+            connect_timeout,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Opens a connection to this server, within the connect timeout.
+    pub(crate) async fn open(&self) -> Result<PgConnection, Error> {
+        match tokio::time::timeout(
+            self.connect_timeout,
+            PgConnection::connect_with(&self.options),
+        )
+        .await
+        {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Opens one connection now and keeps it idle: fails when the server cannot be reached.
+    pub(crate) async fn warm(&self) -> Result<(), Error> {
+        let conn = self.open().await?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        Ok(())
+    }
+
+    async fn lease_with(&self, turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.open().await?,
+        };
+        Ok(Lease {
+            node: self,
+            conn: Some(conn),
+            reusable: true,
+            broken: false,
+            _turn: turn,
+        })
+    }
+
+    /// A connection for one call, waiting for a turn while every connection is lent.
+    pub(crate) async fn lease(&self) -> Result<Lease<'_>, Error> {
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+        self.lease_with(turn).await
+    }
+
+    /// An identity look-up: at once, alone, when a connection is free; else queued, and sent with
+    /// every look-up queued beside it by whichever caller gets the next free connection. Every
+    /// answer comes from a statement sent after the call was made: nothing is cached.
+    pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
+        // A statement that carried this look-up can be lost with a caller that went away
+        // mid-statement; the look-up is then sent again (a few times at most).
+        for _ in 0..3 {
+            if let Ok(turn) = self.turns.clone().try_acquire_owned() {
+                let mut lease = self.lease_with(turn).await?;
+                self.count(1);
+                let result = find_by_identity(lease.conn(), identity).await;
+                return lease.finish(result);
+            }
+            let (reply, mut answer) = oneshot::channel();
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(Pending {
+                    identity: identity.clone(),
+                    reply,
+                });
+            let turn = tokio::select! {
+                biased;
+                answered = &mut answer => match answered {
+                    Ok(answer) => return answer,
+                    Err(_) => continue, // its statement was dropped: send it again
+                },
+                turn = self.turns.clone().acquire_owned() => turn,
+            };
+            let Ok(turn) = turn else {
+                return Err(Error::Database(sqlx::Error::PoolClosed));
+            };
+            let mut lease = match self.lease_with(turn).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    // No connection: the queued look-ups (this one among them) fail with it.
+                    self.fail_pending(&e);
+                    return match answer.try_recv() {
+                        Ok(answer) => answer,
+                        Err(_) => Err(e),
+                    };
+                }
+            };
+            self.drain(&mut lease).await;
+            drop(lease);
+            match answer.await {
+                Ok(answer) => return answer,
+                Err(_) => continue,
+            }
+        }
+        Err(Error::Lookup(Arc::new(sqlx::Error::WorkerCrashed)))
+    }
+
+    /// Sends every queued look-up on this connection, `max_batch` a statement, answering each.
+    async fn drain(&self, lease: &mut Lease<'_>) {
+        loop {
+            if !lease.usable() {
+                return;
+            }
+            let batch: Vec<Pending> = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut batch = Vec::new();
+                while batch.len() < self.max_batch {
+                    match pending.pop_front() {
+                        Some(p) if p.reply.is_closed() => continue,
+                        Some(p) => batch.push(p),
+                        None => break,
+                    }
+                }
+                batch
+            };
+            if batch.is_empty() {
+                return;
+            }
+            self.count(batch.len());
+            let found = match batch.as_slice() {
+                [one] => find_by_identity(lease.conn(), &one.identity)
+                    .await
+                    .map(|u| vec![u]),
+                many => {
+                    let identities: Vec<&Identity> = many.iter().map(|p| &p.identity).collect();
+                    find_identities(lease.conn(), &identities).await
+                }
+            };
+            match lease.finish(found) {
+                Ok(users) => {
+                    for (pending, user) in batch.into_iter().zip(users) {
+                        let _ = pending.reply.send(Ok(user));
+                    }
+                }
+                Err(e) => {
+                    let shared = Arc::new(into_sqlx(e));
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(Error::Lookup(shared.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_pending(&self, e: &Error) {
+        let waiting: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        let shared = Arc::new(sqlx::Error::Protocol(format!("no connection: {e}")));
+        for pending in waiting {
+            let _ = pending.reply.send(Err(Error::Lookup(shared.clone())));
+        }
+    }
+
+    fn count(&self, lookups: usize) {
+        self.counts
+            .lookup_statements
+            .fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .lookups
+            .fetch_add(lookups as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the idle connections and makes later calls fail (`sqlx::Error::PoolClosed`); calls
+    /// running now finish, and their connections close as they return.
+    pub(crate) async fn close(&self) {
+        self.turns.close();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for conn in idle {
+            let _ = conn.close().await;
+        }
+        self.fail_pending(&Error::Database(sqlx::Error::PoolClosed));
+    }
+}
+
+/// The sqlx error inside a library error (a look-up statement fails only with database errors).
+fn into_sqlx(e: Error) -> sqlx::Error {
+    match e {
+        Error::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
