@@ -107,6 +107,8 @@ test: sqlx-cli ## Everything CI checks: tests, consumer build, packaging, cache 
 	@$(call FRESH_DB,livermore_test) \
 	echo "== cargo test (SQLX_OFFLINE=true: the committed .sqlx/ cache)"; \
 	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --all-targets --all-features; \
+	echo "== cargo test, the timing tests one at a time (#[ignore = \"timing: …\"]: bounds on 2 cores)"; \
+	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --all-features --test it -- --ignored --test-threads=1; \
 	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --doc --all-features; \
 	echo "== cargo sqlx prepare --check"; \
 	$(CARGO) sqlx prepare --check -- --all-targets --all-features

@@ -84,6 +84,12 @@ pub enum Error {
     #[error("webhook refused: {0}")]
     Webhook(#[from] crate::clerk::WebhookError),
 
+    /// A call through [`Db`](crate::Db) did not finish within its deadline
+    /// ([`DbBuilder::call_timeout`](crate::DbBuilder::call_timeout)); whatever it had open was
+    /// rolled back.
+    #[error("the call did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+
     /// A migration could not be applied, reverted or verified.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

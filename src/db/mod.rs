@@ -74,6 +74,8 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(250);
 /// Connections [`Db`] holds to each server, by default.
 pub const DEFAULT_CONNECTIONS: usize = 4;
+/// The deadline of a call through [`Db`], by default: 10 s.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most identity look-ups one statement carries, by default.
 pub const DEFAULT_MAX_BATCH: usize = 128;
 
@@ -120,6 +122,10 @@ pub struct RoutingStats {
 ///   next call opens a new connection. When the server restarts, calls fail with
 ///   [`Error::Database`] while it is down and succeed again once it is back: no restart of the
 ///   service, no background task to watch.
+/// - **Deadlines.** Every call has one ([`DEFAULT_CALL_TIMEOUT`], [`DbBuilder::call_timeout`]),
+///   waiting for a connection included: past it, [`Error::Timeout`]. The held connections carry the
+///   same `statement_timeout`, so the server gives up on the statement too (with `users` locked by a
+///   migration, look-ups fail at the deadline instead of queueing behind the lock).
 /// - **Replicas** (optional, [`DbBuilder::replicas`]): look-ups go to a streaming replica that has
 ///   replayed every transaction the primary committed more than `max_lag` ago, and everything this
 ///   handle wrote (read-your-writes); otherwise, or when a replica fails or is slow, to the primary.
@@ -229,6 +235,8 @@ pub struct DbBuilder {
     check_interval: Duration,
     replica_timeout: Duration,
     connect_timeout: Duration,
+    call_timeout: Duration,
+    statement_timeout: Option<Duration>,
 }
 
 pub(crate) struct Shared {
@@ -238,6 +246,7 @@ pub(crate) struct Shared {
     max_lag: Duration,
     check_interval: Duration,
     replica_timeout: Duration,
+    call_timeout: Duration,
     epoch: Instant,
     checker: OnceLock<()>,
     next: AtomicUsize,
@@ -300,6 +309,23 @@ impl DbBuilder {
         self
     }
 
+    /// The deadline of every call through the handle, waiting for a connection included (default
+    /// [`DEFAULT_CALL_TIMEOUT`]): past it the call fails with [`Error::Timeout`] and whatever it had
+    /// open is rolled back. With `users` locked by a migration, say, look-ups fail at the deadline
+    /// instead of waiting as long as the lock is held.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// `statement_timeout` on the connections the handle holds (default: the call timeout), so that
+    /// the server also gives up on a statement whose caller has; `None`: the call timeout.
+    /// ([`Db::pool`] keeps the server's setting: your transactions are yours.)
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
     /// Builds the handle and opens one connection to the primary, so that a wrong address or
     /// password fails here rather than at the first call. Replicas are not contacted.
     pub async fn build(self) -> Result<Db, Error> {
@@ -310,12 +336,14 @@ impl DbBuilder {
 
     /// Builds the handle without contacting any server: connections open at the first calls.
     pub fn build_lazy(self) -> Db {
+        let statement_timeout = self.statement_timeout.or(Some(self.call_timeout));
         let node = |options: &PgConnectOptions| {
             Node::new(
                 options.clone(),
                 self.connections,
                 self.max_batch,
                 self.connect_timeout,
+                statement_timeout,
             )
         };
         let pool = crate::pool_options()
@@ -334,6 +362,7 @@ impl DbBuilder {
                 max_lag: self.max_lag,
                 check_interval: self.check_interval,
                 replica_timeout: self.replica_timeout,
+                call_timeout: self.call_timeout,
                 epoch: Instant::now(),
                 checker: OnceLock::new(),
                 next: AtomicUsize::new(0),
@@ -366,6 +395,8 @@ impl Db {
             check_interval: DEFAULT_CHECK_INTERVAL,
             replica_timeout: DEFAULT_REPLICA_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            statement_timeout: None,
         }
     }
 
@@ -467,7 +498,8 @@ impl Db {
     /// [`find_by_identity`](crate::find_by_identity): coalesced with the look-ups made at the same
     /// moment, routed.
     pub async fn find_by_identity(&self, identity: &Identity) -> Result<Option<User>, Error> {
-        self.route(|node| node.find_by_identity(identity)).await
+        self.within(async { self.route(|node| node.find_by_identity(identity)).await })
+            .await
     }
 
     /// [`find_by_identities`](crate::find_by_identities), routed.
@@ -475,22 +507,31 @@ impl Db {
         &self,
         identities: &[Identity],
     ) -> Result<Vec<Option<User>>, Error> {
-        self.route(
-            |node| async move { on_node!(node, |c| users::find_by_identities(c, identities)) },
-        )
+        self.within(async {
+            self.route(|node| async move {
+                on_node!(node, |c| users::find_by_identities(c, identities))
+            })
+            .await
+        })
         .await
     }
 
     /// [`find_by_id`](crate::find_by_id), routed.
     pub async fn find_by_id(&self, id: UserId) -> Result<Option<User>, Error> {
-        self.route(|node| async move { on_node!(node, |c| users::find_by_id(c, id)) })
-            .await
+        self.within(async {
+            self.route(|node| async move { on_node!(node, |c| users::find_by_id(c, id)) })
+                .await
+        })
+        .await
     }
 
     /// [`find_by_email`](crate::find_by_email), routed.
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
-        self.route(|node| async move { on_node!(node, |c| users::find_by_email(c, email)) })
-            .await
+        self.within(async {
+            self.route(|node| async move { on_node!(node, |c| users::find_by_email(c, email)) })
+                .await
+        })
+        .await
     }
 
     /// [`list_by_role`](crate::list_by_role), routed.
@@ -500,9 +541,12 @@ impl Db {
         after: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<User>, Error> {
-        self.route(
-            |node| async move { on_node!(node, |c| users::list_by_role(c, role, after, limit)) },
-        )
+        self.within(async {
+            self.route(|node| async move {
+                on_node!(node, |c| users::list_by_role(c, role, after, limit))
+            })
+            .await
+        })
         .await
     }
 
@@ -510,32 +554,55 @@ impl Db {
 
     /// [`sign_in`](crate::sign_in) on the primary.
     pub async fn sign_in(&self, profile: &Profile) -> Result<SignIn, Error> {
-        write_on_primary!(self, |c| users::sign_in(c, profile))
+        self.within(async { write_on_primary!(self, |c| users::sign_in(c, profile)) })
+            .await
     }
 
     /// [`link_identity`](crate::link_identity) on the primary.
     pub async fn link_identity(&self, id: UserId, identity: &Identity) -> Result<User, Error> {
-        write_on_primary!(self, |c| users::link_identity(c, id, identity))
+        self.within(async { write_on_primary!(self, |c| users::link_identity(c, id, identity)) })
+            .await
     }
 
     /// [`record_login`](crate::record_login) on the primary.
     pub async fn record_login(&self, id: UserId) -> Result<User, Error> {
-        write_on_primary!(self, |c| users::record_login(c, id))
+        self.within(async { write_on_primary!(self, |c| users::record_login(c, id)) })
+            .await
     }
 
     /// [`set_role`](crate::set_role) on the primary.
     pub async fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
-        write_on_primary!(self, |c| users::set_role(c, id, role))
+        self.within(async { write_on_primary!(self, |c| users::set_role(c, id, role)) })
+            .await
     }
 
     /// [`deactivate`](crate::deactivate) on the primary.
     pub async fn deactivate(&self, id: UserId) -> Result<User, Error> {
-        write_on_primary!(self, |c| users::deactivate(c, id))
+        self.within(async { write_on_primary!(self, |c| users::deactivate(c, id)) })
+            .await
     }
 
     /// [`clerk::apply_event`](crate::clerk::apply_event) on the primary.
     pub async fn apply_clerk_event(&self, event: &ClerkEvent) -> Result<Applied, Error> {
-        write_on_primary!(self, |c| crate::clerk::apply_event(c, event))
+        self.within(async { write_on_primary!(self, |c| crate::clerk::apply_event(c, event)) })
+            .await
+    }
+
+    /// Runs a call within the handle's deadline.
+    async fn within<T>(&self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let deadline = self.shared.call_timeout;
+        match tokio::time::timeout(deadline, call).await {
+            // The server's statement timeout (set to the deadline on held connections) may fire
+            // first: the same deadline.
+            Ok(Err(Error::Database(sqlx::Error::Database(e))))
+                if e.code().as_deref() == Some("57014")
+                    && e.message().contains("statement timeout") =>
+            {
+                Err(Error::Timeout(deadline))
+            }
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(deadline)),
+        }
     }
 
     /// After a write on `lease`'s connection: reads the primary's position there (or, if that
@@ -576,7 +643,7 @@ impl Db {
         F: Future<Output = Result<T, Error>>,
     {
         let shared = &self.shared;
-        if let Some(replica) = self.pick() {
+        if let Some(replica) = self.choose().await {
             match tokio::time::timeout(shared.replica_timeout, f(&replica.node)).await {
                 Ok(Ok(found)) => {
                     replica.served.fetch_add(1, Ordering::Relaxed);
@@ -597,32 +664,52 @@ impl Db {
         f(&shared.primary).await
     }
 
-    /// A fresh replica that has replayed this handle's writes, round-robin; `None`: the primary.
-    fn pick(&self) -> Option<&Replica> {
+    /// A fresh replica that has replayed this handle's writes, round-robin; else one that is fresh
+    /// but not yet known to hold them; else the primary.
+    fn pick(&self) -> Pick<'_> {
         let shared = &self.shared;
         let count = shared.replicas.len();
         if count == 0 || self.primary_only {
-            return None;
+            return Pick::Primary;
         }
         self.start_checker();
-        let required = self.written.required(&shared.samples)?;
+        let Some(required) = self.written.required(&shared.samples) else {
+            return Pick::Primary;
+        };
         let first = shared.next.fetch_add(1, Ordering::Relaxed);
         let mut behind = None;
         for i in 0..count {
             let index = (first + i) % count;
             let replica = &shared.replicas[index];
             if shared.is_fresh(replica, required) {
-                return Some(replica);
+                return Pick::Replica(replica);
             }
             if shared.is_fresh(replica, 0) {
                 behind.get_or_insert(index);
             }
         }
-        // Fresh but not yet known to hold this handle's writes: read its position now.
-        if let Some(index) = behind {
-            routing::probe(&self.shared, index);
+        match behind {
+            Some(index) => Pick::Behind(index, required),
+            None => Pick::Primary,
         }
-        None
+    }
+
+    /// The replica to ask, if any: for one that is not yet known to hold this handle's writes, its
+    /// replay position is read now, and the look-up waits up to [`CATCH_UP`] for it.
+    async fn choose(&self) -> Option<&Replica> {
+        match self.pick() {
+            Pick::Replica(replica) => Some(replica),
+            Pick::Primary => None,
+            Pick::Behind(index, required) => {
+                let replica = &self.shared.replicas[index];
+                let probed = replica.probed.notified();
+                tokio::pin!(probed);
+                probed.as_mut().enable();
+                routing::probe(&self.shared, index);
+                let _ = tokio::time::timeout(CATCH_UP, probed).await;
+                self.shared.is_fresh(replica, required).then_some(replica)
+            }
+        }
     }
 
     /// Starts the check task on the current Tokio runtime, once (outside a runtime: not yet).
@@ -636,6 +723,19 @@ impl Db {
             });
         }
     }
+}
+
+/// How long a look-up waits for a replica to be seen holding the handle's last write (read right
+/// then) before the primary answers it: a streaming standby on a healthy network replays within a
+/// millisecond or so.
+const CATCH_UP: Duration = Duration::from_millis(2);
+
+/// Where a look-up goes.
+enum Pick<'a> {
+    Replica(&'a Replica),
+    /// Fresh, but not yet known to have replayed the handle's writes (the position required).
+    Behind(usize, u64),
+    Primary,
 }
 
 /// A write in progress: unless settled with its position, it is recorded as unknown when dropped.

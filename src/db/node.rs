@@ -43,6 +43,7 @@ pub(crate) struct Node {
     pub(crate) size: usize,
     max_batch: usize,
     connect_timeout: Duration,
+    statement_timeout: Option<Duration>,
     pub(crate) counts: Counts,
 }
 
@@ -138,6 +139,7 @@ impl Node {
         size: usize,
         max_batch: usize,
         connect_timeout: Duration,
+        statement_timeout: Option<Duration>,
     ) -> Node {
         let size = size.max(1);
         Node {
@@ -148,19 +150,29 @@ impl Node {
             size,
             max_batch: max_batch.max(1),
             connect_timeout,
+            statement_timeout,
             counts: Counts::default(),
         }
     }
 
-    /// Opens a connection to this server, within the connect timeout.
+    /// Opens a connection to this server, within the connect timeout, and sets its statement
+    /// timeout (a `SET`, not a startup option: PgBouncer refuses unknown startup options).
     pub(crate) async fn open(&self) -> Result<PgConnection, Error> {
-        match tokio::time::timeout(
-            self.connect_timeout,
-            PgConnection::connect_with(&self.options),
-        )
-        .await
-        {
-            Ok(conn) => Ok(conn?),
+        let opened = async {
+            let mut conn = PgConnection::connect_with(&self.options).await?;
+            if let Some(timeout) = self.statement_timeout {
+                let value = format!("{}ms", timeout.as_millis().max(1));
+                sqlx::query_scalar!(
+                    r#"SELECT set_config('statement_timeout', $1, false) AS "set!""#,
+                    value
+                )
+                .fetch_one(&mut conn)
+                .await?;
+            }
+            Ok::<_, Error>(conn)
+        };
+        match tokio::time::timeout(self.connect_timeout, opened).await {
+            Ok(conn) => conn,
             Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
         }
     }

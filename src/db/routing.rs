@@ -26,7 +26,8 @@ pub(crate) struct Replica {
     pub(crate) covered_until: AtomicU64,
     pub(crate) served: AtomicU64,
     probing: AtomicBool,
-    last_probe: AtomicU64,
+    /// Woken when a probe has read the replay position.
+    pub(crate) probed: tokio::sync::Notify,
 }
 
 impl Replica {
@@ -38,7 +39,7 @@ impl Replica {
             covered_until: AtomicU64::new(0),
             served: AtomicU64::new(0),
             probing: AtomicBool::new(false),
-            last_probe: AtomicU64::new(0),
+            probed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -126,18 +127,16 @@ impl Written {
     }
 }
 
-/// The primary's position at the end of what has been written: every commit that has returned ends
-/// at or before it (the check task's samples). PostgreSQL's insert position points past the page
-/// header when the last record ends exactly at a page (or segment) boundary, where a standby's
-/// replay position stops; the header is taken off, or an idle primary would never count as
-/// replayed.
+/// The primary's flushed position (the check task's samples): every synchronous commit that has
+/// returned ends at or before it. Not the insert position: records not flushed yet (a row lock of an
+/// open transaction, a page pruned by a reader) can stay unflushed on an idle primary for as long as
+/// the transaction lasts (the WAL writer flushes complete pages only), and no standby can replay
+/// them; nor does the insert position stop at a page boundary where replay does. A commit with
+/// `synchronous_commit = off` is flushed by the WAL writer within three `wal_writer_delay`s (600 ms
+/// by default), so for such writes the bound is `max_lag` plus that.
 pub(crate) async fn sample_position(conn: &mut PgConnection) -> Result<u64, Error> {
     let lsn = sqlx::query_scalar!(
-        r#"SELECT (l - '0/0'::pg_lsn)::int8
-                  - CASE WHEN o.file_offset = 40 THEN 40
-                         WHEN o.file_offset % current_setting('wal_block_size')::int = 24 THEN 24
-                         ELSE 0 END AS "lsn!"
-           FROM pg_current_wal_insert_lsn() AS l, pg_walfile_name_offset(l) AS o"#
+        r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!""#
     )
     .fetch_one(conn)
     .await?;
@@ -184,17 +183,14 @@ async fn replica_status(conn: &mut PgConnection) -> Result<ReplicaStatus, Error>
     })
 }
 
-/// Reads a replica's replay position now, at most one read in flight and one each 200 µs per
-/// replica: after a write, look-ups come back to it as soon as it has replayed the write.
+/// Reads a replica's replay position now, one read in flight per replica, and wakes the look-ups
+/// waiting for it: after a write, look-ups come back to the replica as soon as it has replayed the
+/// write.
 pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
     let replica = &shared.replicas[index];
-    let now = shared.now();
-    if now.saturating_sub(replica.last_probe.load(Ordering::Relaxed)) < 200_000
-        || replica.probing.swap(true, Ordering::AcqRel)
-    {
+    if replica.probing.swap(true, Ordering::AcqRel) {
         return;
     }
-    replica.last_probe.store(now, Ordering::Relaxed);
     let shared = shared.clone();
     tokio::spawn(async move {
         let replica = &shared.replicas[index];
@@ -214,6 +210,7 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
                 .fetch_max(u64::try_from(replayed).unwrap_or(0), Ordering::AcqRel);
         }
         replica.probing.store(false, Ordering::Release);
+        replica.probed.notify_waiters();
     });
 }
 

@@ -134,3 +134,60 @@ async fn server_errors_keep_the_connection_and_broken_ones_are_replaced(pool: Pg
     held.close().await;
     assert!(held.sign_in(&profile(1)).await.is_err());
 }
+
+/// With `users` locked (a migration's `ACCESS EXCLUSIVE`, say), a call fails at the handle's
+/// deadline with `Error::Timeout` instead of waiting as long as the lock is held, and the server
+/// gives up on its statement too (the connections' `statement_timeout`).
+#[sqlx::test]
+#[ignore = "timing: make test runs it alone (cargo test -- --ignored --test-threads=1)"]
+async fn a_locked_table_fails_calls_at_the_deadline(pool: PgPool) {
+    let options: PgConnectOptions = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name("held-deadline");
+    let db = Db::builder(options)
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    db.sign_in(&profile(1)).await.unwrap();
+    let identity = Identity::parse("clerk", "user_held_1").unwrap();
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    let result = db.find_by_identity(&identity).await;
+    let took = asked.elapsed();
+    assert!(
+        matches!(result, Err(Error::Timeout(d)) if d == Duration::from_secs(1)),
+        "{result:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    // The server gave up too: no session of the handle still waits on the lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'held-deadline' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *locker)
+        .await
+        .unwrap();
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a statement still waits on the lock after its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    locker.rollback().await.unwrap();
+    assert!(db.find_by_identity(&identity).await.unwrap().is_some());
+}
