@@ -26,7 +26,7 @@
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
 //! measurement, default 3), BENCH_PAIRS (default 5), BENCH_ONLY (`lookup`, `db`, `upsert`,
 //! `routing` or `backfill`: that part alone), BENCH_CLIENTS (only the cells with that many clients),
-//! BENCH_CONNECTIONS (`Db`'s connections, default its own).
+//! BENCH_CONNECTIONS and BENCH_LOOKUP_CONNECTIONS (`Db`'s, default its own).
 // The harness sets up databases and tables at run time (clippy.toml forbids that in the crate).
 #![allow(clippy::disallowed_methods)]
 use std::io::Write;
@@ -350,6 +350,12 @@ async fn db(o: &PgConnectOptions) -> Db {
         .and_then(|s| s.parse().ok())
     {
         builder = builder.connections(n);
+    }
+    if let Some(n) = std::env::var("BENCH_LOOKUP_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        builder = builder.lookup_connections(n);
     }
     builder.build().await.expect("connect Db")
 }

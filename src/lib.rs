@@ -47,8 +47,9 @@ mod tx;
 mod users;
 
 pub use db::{
-    DEFAULT_CALL_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECTIONS, DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_LAG, DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, RoutingStats, WalPosition,
+    DEFAULT_CALL_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECTIONS, DEFAULT_LOOKUP_CONNECTIONS,
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_LAG, DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, RoutingStats,
+    WalPosition,
 };
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};

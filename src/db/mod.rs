@@ -72,8 +72,11 @@ pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a look-up waits for a replica, by default, before the primary answers it: 250 ms (a
 /// healthy replica answers in about a millisecond).
 pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(250);
-/// Connections [`Db`] holds to each server, by default.
-pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Connections [`Db`] holds to each server, at most, by default (opened as calls need them).
+pub const DEFAULT_CONNECTIONS: usize = 16;
+/// Identity look-up statements [`Db`] runs at once on each server, by default: concurrent
+/// look-ups beyond them are sent together. About the server's cores (see `BENCHMARKS.md`).
+pub const DEFAULT_LOOKUP_CONNECTIONS: usize = 2;
 /// The deadline of a call through [`Db`], by default: 10 s.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most identity look-ups one statement carries, by default.
@@ -229,6 +232,7 @@ pub struct DbBuilder {
     primary: PgConnectOptions,
     replicas: Vec<PgConnectOptions>,
     connections: usize,
+    lookup_connections: usize,
     max_batch: usize,
     pool_size: u32,
     max_lag: Duration,
@@ -264,10 +268,19 @@ impl DbBuilder {
         self
     }
 
-    /// Connections held to each server (default [`DEFAULT_CONNECTIONS`]; at least 1): at most this
-    /// many calls run at once on a server; identity look-ups beyond it are coalesced.
+    /// Connections held to each server, at most (default [`DEFAULT_CONNECTIONS`]; at least 1): at
+    /// most this many calls run at once on a server, the others wait their turn. They are opened
+    /// as calls need them.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections.max(1);
+        self
+    }
+
+    /// Identity look-up statements run at once on each server (default
+    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`): concurrent look-ups beyond them are
+    /// sent together, one statement each time a look-up connection frees.
+    pub fn lookup_connections(mut self, connections: usize) -> Self {
+        self.lookup_connections = connections.max(1);
         self
     }
 
@@ -341,6 +354,7 @@ impl DbBuilder {
             Node::new(
                 options.clone(),
                 self.connections,
+                self.lookup_connections,
                 self.max_batch,
                 self.connect_timeout,
                 statement_timeout,
@@ -389,6 +403,7 @@ impl Db {
             primary,
             replicas: Vec::new(),
             connections: DEFAULT_CONNECTIONS,
+            lookup_connections: DEFAULT_LOOKUP_CONNECTIONS,
             max_batch: DEFAULT_MAX_BATCH,
             pool_size: 8,
             max_lag: DEFAULT_MAX_LAG,

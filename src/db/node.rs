@@ -39,6 +39,10 @@ pub(crate) struct Node {
     options: PgConnectOptions,
     idle: std::sync::Mutex<Vec<PgConnection>>,
     turns: Arc<Semaphore>,
+    /// Identity look-up statements in flight at once, at most: the rest are coalesced.
+    lookup_turns: Arc<Semaphore>,
+    /// Whether the last batch carried more than one look-up (calls are arriving together).
+    busy: std::sync::atomic::AtomicBool,
     pending: std::sync::Mutex<VecDeque<Pending>>,
     pub(crate) size: usize,
     max_batch: usize,
@@ -58,6 +62,7 @@ pub(crate) struct Lease<'a> {
     reusable: bool,
     broken: bool,
     _turn: OwnedSemaphorePermit,
+    _lookup_turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease<'_> {
@@ -137,6 +142,7 @@ impl Node {
     pub(crate) fn new(
         options: PgConnectOptions,
         size: usize,
+        lookup_size: usize,
         max_batch: usize,
         connect_timeout: Duration,
         statement_timeout: Option<Duration>,
@@ -146,6 +152,8 @@ impl Node {
             options,
             idle: std::sync::Mutex::new(Vec::with_capacity(size)),
             turns: Arc::new(Semaphore::new(size)),
+            lookup_turns: Arc::new(Semaphore::new(lookup_size.clamp(1, size))),
+            busy: std::sync::atomic::AtomicBool::new(false),
             pending: std::sync::Mutex::new(VecDeque::new()),
             size,
             max_batch: max_batch.max(1),
@@ -187,7 +195,11 @@ impl Node {
         Ok(())
     }
 
-    async fn lease_with(&self, turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
+    async fn lease_with(
+        &self,
+        turn: OwnedSemaphorePermit,
+        lookup_turn: Option<OwnedSemaphorePermit>,
+    ) -> Result<Lease<'_>, Error> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -199,6 +211,7 @@ impl Node {
             reusable: true,
             broken: false,
             _turn: turn,
+            _lookup_turn: lookup_turn,
         })
     }
 
@@ -210,7 +223,18 @@ impl Node {
             .acquire_owned()
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        self.lease_with(turn).await
+        self.lease_with(turn, None).await
+    }
+
+    /// A connection for a look-up statement, holding `lookup_turn`.
+    async fn lookup_lease(&self, lookup_turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+        self.lease_with(turn, Some(lookup_turn)).await
     }
 
     /// An identity look-up: at once, alone, when a connection is free; else queued, and sent with
@@ -220,8 +244,8 @@ impl Node {
         // A statement that carried this look-up can be lost with a caller that went away
         // mid-statement; the look-up is then sent again (a few times at most).
         for _ in 0..3 {
-            if let Ok(turn) = self.turns.clone().try_acquire_owned() {
-                let mut lease = self.lease_with(turn).await?;
+            if let Ok(turn) = self.lookup_turns.clone().try_acquire_owned() {
+                let mut lease = self.lookup_lease(turn).await?;
                 self.count(1);
                 let result = find_by_identity(lease.conn(), identity).await;
                 return lease.finish(result);
@@ -240,12 +264,17 @@ impl Node {
                     Ok(answer) => return answer,
                     Err(_) => continue, // its statement was dropped: send it again
                 },
-                turn = self.turns.clone().acquire_owned() => turn,
+                turn = self.lookup_turns.clone().acquire_owned() => turn,
             };
             let Ok(turn) = turn else {
                 return Err(Error::Database(sqlx::Error::PoolClosed));
             };
-            let mut lease = match self.lease_with(turn).await {
+            // While calls arrive together, let the tasks that are ready run first (one pass of the
+            // scheduler, no timer), so that calls made at the same moment share this statement.
+            if self.busy.load(Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
+            let mut lease = match self.lookup_lease(turn).await {
                 Ok(lease) => lease,
                 Err(e) => {
                     // No connection: the queued look-ups (this one among them) fail with it.
@@ -287,6 +316,7 @@ impl Node {
             if batch.is_empty() {
                 return;
             }
+            self.busy.store(batch.len() > 1, Ordering::Relaxed);
             self.count(batch.len());
             let found = match batch.as_slice() {
                 [one] => find_by_identity(lease.conn(), &one.identity)
@@ -339,6 +369,7 @@ impl Node {
     /// running now finish, and their connections close as they return.
     pub(crate) async fn close(&self) {
         self.turns.close();
+        self.lookup_turns.close();
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for conn in idle {
             let _ = conn.close().await;
