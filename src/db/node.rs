@@ -217,24 +217,26 @@ impl Node {
 
     /// A connection for one call, waiting for a turn while every connection is lent.
     pub(crate) async fn lease(&self) -> Result<Lease<'_>, Error> {
-        let turn = self
-            .turns
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        self.lease_with(turn, None).await
+        self.lease_after(None).await
     }
 
     /// A connection for a look-up statement, holding `lookup_turn`.
     async fn lookup_lease(&self, lookup_turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
+        self.lease_after(Some(lookup_turn)).await
+    }
+
+    /// Waits for a turn, then lends a connection with it.
+    async fn lease_after(
+        &self,
+        lookup_turn: Option<OwnedSemaphorePermit>,
+    ) -> Result<Lease<'_>, Error> {
         let turn = self
             .turns
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        self.lease_with(turn, Some(lookup_turn)).await
+        self.lease_with(turn, lookup_turn).await
     }
 
     /// An identity look-up: at once, alone, when a connection is free; else queued, and sent with

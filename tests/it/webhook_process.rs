@@ -212,26 +212,34 @@ async fn hold_identity(pool: &PgPool, sub: &str) -> sqlx::Transaction<'static, s
     tx
 }
 
-/// Waits until `n` sessions wait for an advisory lock (the deliveries are inside their apply).
-async fn until_waiting(pool: &PgPool, n: i64) {
+/// Sessions of the test's database waiting for an advisory lock (deliveries inside their apply).
+async fn waiting_for_locks(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until `waiting_for_locks` satisfies `done`, for at most `within`; else fails with `what`.
+async fn until_locks(pool: &PgPool, within: Duration, what: &str, done: impl Fn(i64) -> bool) {
     let started = Instant::now();
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting >= n {
+        let waiting = waiting_for_locks(pool).await;
+        if done(waiting) {
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{waiting} of {n} deliveries wait for the lock after 10 s"
-        );
+        assert!(started.elapsed() < within, "{what} ({waiting} waiting)");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `n` deliveries wait for the lock.
+async fn until_waiting(pool: &PgPool, n: i64) {
+    let what = format!("{n} deliveries do not all wait for the lock after 10 s");
+    until_locks(pool, Duration::from_secs(10), &what, |w| w >= n).await;
 }
 
 #[sqlx::test]
@@ -299,24 +307,8 @@ async fn past_the_deadline_503_with_retry_after_and_nothing_written(pool: PgPool
 }
 
 async fn until_no_waiting(pool: &PgPool) {
-    let started = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting == 0 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "a delivery still waits on the server 2 s after its deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "a delivery still waits on the server 2 s after its deadline";
+    until_locks(pool, Duration::from_secs(2), what, |w| w == 0).await;
 }
 
 #[sqlx::test]
