@@ -276,9 +276,10 @@ impl DbBuilder {
         self
     }
 
-    /// Identity look-up statements run at once on each server (default
-    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`): concurrent look-ups beyond them are
-    /// sent together, one statement each time a look-up connection frees.
+    /// Identity look-ups coalesced at once on each server (default
+    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`). While at most four times this many
+    /// look-ups are in flight, each runs alone on a connection of its own; past that they queue,
+    /// and this many callers at a time send what is queued, many look-ups a statement.
     pub fn lookup_connections(mut self, connections: usize) -> Self {
         self.lookup_connections = connections.max(1);
         self

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
@@ -23,6 +23,94 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
+/// Look-ups waiting for a statement, and the callers sending them.
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Callers now sending queued look-ups (at most the node's `lookup_size`).
+    combiners: usize,
+    /// The node is closed: nothing more is queued.
+    closed: bool,
+}
+
+/// A caller sending queued look-ups until none is left. Dropped before it is done (its caller went
+/// away), it gives up its place and hands every queued look-up back to its caller, which queues it
+/// again: nothing waits for a combiner that is gone.
+struct Combiner<'a> {
+    node: &'a Node,
+    done: bool,
+}
+
+impl Combiner<'_> {
+    async fn run(&mut self) {
+        let node = self.node;
+        // While calls arrive together, let the tasks that are ready run first (one pass of the
+        // scheduler, no timer), so that calls made at the same moment share the statement.
+        if node.busy.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        let mut lease = match node.lease().await {
+            Ok(lease) => lease,
+            Err(e) => {
+                // No connection: the queued look-ups (this one among them) fail with it.
+                node.queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .combiners -= 1;
+                self.done = true;
+                node.fail_pending(&e);
+                return;
+            }
+        };
+        let mut first = true;
+        loop {
+            if !lease.usable() {
+                // The connection broke: carry on with another one.
+                drop(lease);
+                lease = match node.lease().await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        node.queue
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .combiners -= 1;
+                        self.done = true;
+                        node.fail_pending(&e);
+                        return;
+                    }
+                };
+            }
+            // The callers the last statement answered come back with their next look-ups: let
+            // them queue first (one pass of the scheduler), or the next statement carries one.
+            if !first {
+                tokio::task::yield_now().await;
+            }
+            first = false;
+            let batch = node.next_batch();
+            if batch.is_empty() {
+                self.done = true;
+                return;
+            }
+            node.send(&mut lease, batch).await;
+        }
+    }
+}
+
+impl Drop for Combiner<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let handed_back: Vec<Pending> = {
+            let mut queue = self.node.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.combiners -= 1;
+            queue.pending.drain(..).collect()
+        };
+        // Dropping their senders tells each waiting caller to queue its look-up again.
+        drop(handed_back);
+    }
+}
+
 /// Counters of one server's calls, for [`RoutingStats`](super::RoutingStats) and the benchmark.
 #[derive(Default)]
 pub(crate) struct Counts {
@@ -32,18 +120,22 @@ pub(crate) struct Counts {
     pub(crate) lookups: AtomicU64,
 }
 
-/// A server's held connections. At most `size` calls run at once; identity look-ups that find every
-/// connection busy queue, and whichever of them gets the next free connection sends every queued
-/// look-up (up to `max_batch` a statement) in one statement.
+/// A server's held connections. At most `size` calls run at once. Identity look-ups run alone while
+/// few are in flight; past that they queue, and up to `lookup_size` of their callers send every
+/// queued look-up (up to `max_batch` a statement) in one statement.
 pub(crate) struct Node {
     options: PgConnectOptions,
     idle: std::sync::Mutex<Vec<PgConnection>>,
     turns: Arc<Semaphore>,
-    /// Identity look-up statements in flight at once, at most: the rest are coalesced.
-    lookup_turns: Arc<Semaphore>,
+    /// Identity look-up statements in flight at once when they are coalesced.
+    lookup_size: usize,
     /// Whether the last batch carried more than one look-up (calls are arriving together).
     busy: std::sync::atomic::AtomicBool,
-    pending: std::sync::Mutex<VecDeque<Pending>>,
+    queue: std::sync::Mutex<Queue>,
+    /// Identity look-ups being answered now (callers inside [`Node::find_by_identity`]).
+    lookups_in_flight: AtomicUsize,
+    /// While at most this many look-ups are in flight, each runs alone on a connection of its own.
+    alone_up_to: usize,
     pub(crate) size: usize,
     max_batch: usize,
     connect_timeout: Duration,
@@ -62,7 +154,6 @@ pub(crate) struct Lease<'a> {
     reusable: bool,
     broken: bool,
     _turn: OwnedSemaphorePermit,
-    _lookup_turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease<'_> {
@@ -148,13 +239,19 @@ impl Node {
         statement_timeout: Option<Duration>,
     ) -> Node {
         let size = size.max(1);
+        let lookup_size = lookup_size.clamp(1, size);
+        // Measured on 2 cores (BENCHMARKS.md): single statements beat batches until about four
+        // callers per coalescing connection are waiting.
+        let alone_up_to = (4 * lookup_size).min(size);
         Node {
+            lookups_in_flight: AtomicUsize::new(0),
+            alone_up_to,
             options,
             idle: std::sync::Mutex::new(Vec::with_capacity(size)),
             turns: Arc::new(Semaphore::new(size)),
-            lookup_turns: Arc::new(Semaphore::new(lookup_size.clamp(1, size))),
+            lookup_size,
             busy: std::sync::atomic::AtomicBool::new(false),
-            pending: std::sync::Mutex::new(VecDeque::new()),
+            queue: std::sync::Mutex::new(Queue::default()),
             size,
             max_batch: max_batch.max(1),
             connect_timeout,
@@ -195,11 +292,7 @@ impl Node {
         Ok(())
     }
 
-    async fn lease_with(
-        &self,
-        turn: OwnedSemaphorePermit,
-        lookup_turn: Option<OwnedSemaphorePermit>,
-    ) -> Result<Lease<'_>, Error> {
+    async fn lease_with(&self, turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -211,135 +304,107 @@ impl Node {
             reusable: true,
             broken: false,
             _turn: turn,
-            _lookup_turn: lookup_turn,
         })
     }
 
     /// A connection for one call, waiting for a turn while every connection is lent.
     pub(crate) async fn lease(&self) -> Result<Lease<'_>, Error> {
-        self.lease_after(None).await
-    }
-
-    /// A connection for a look-up statement, holding `lookup_turn`.
-    async fn lookup_lease(&self, lookup_turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
-        self.lease_after(Some(lookup_turn)).await
-    }
-
-    /// Waits for a turn, then lends a connection with it.
-    async fn lease_after(
-        &self,
-        lookup_turn: Option<OwnedSemaphorePermit>,
-    ) -> Result<Lease<'_>, Error> {
         let turn = self
             .turns
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        self.lease_with(turn, lookup_turn).await
+        self.lease_with(turn).await
     }
 
-    /// An identity look-up: at once, alone, when a connection is free; else queued, and sent with
-    /// every look-up queued beside it by whichever caller gets the next free connection. Every
-    /// answer comes from a statement sent after the call was made: nothing is cached.
+    /// An identity look-up. While few are in flight, each runs alone on a connection of its own;
+    /// beyond that they queue, and up to `lookup_size` callers at a time (combiners) send whatever
+    /// is queued, `max_batch` a statement, until the queue is empty. Every answer comes from a
+    /// statement sent after the call was made: nothing is cached.
     pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
+        let in_flight = InFlight::enter(&self.lookups_in_flight);
+        if in_flight.count <= self.alone_up_to {
+            let mut lease = self.lease().await?;
+            self.count(1);
+            let result = find_by_identity(lease.conn(), identity).await;
+            return lease.finish(result);
+        }
         // A statement that carried this look-up can be lost with a caller that went away
-        // mid-statement; the look-up is then sent again (a few times at most).
+        // mid-statement; the look-up is then queued again (a few times at most).
         for _ in 0..3 {
-            if let Ok(turn) = self.lookup_turns.clone().try_acquire_owned() {
-                let mut lease = self.lookup_lease(turn).await?;
-                self.count(1);
-                let result = find_by_identity(lease.conn(), identity).await;
-                return lease.finish(result);
-            }
-            let (reply, mut answer) = oneshot::channel();
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(Pending {
+            let (reply, answer) = oneshot::channel();
+            let combine = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.closed {
+                    return Err(Error::Database(sqlx::Error::PoolClosed));
+                }
+                queue.pending.push_back(Pending {
                     identity: identity.clone(),
                     reply,
                 });
-            let turn = tokio::select! {
-                biased;
-                answered = &mut answer => match answered {
-                    Ok(answer) => return answer,
-                    Err(_) => continue, // its statement was dropped: send it again
-                },
-                turn = self.lookup_turns.clone().acquire_owned() => turn,
-            };
-            let Ok(turn) = turn else {
-                return Err(Error::Database(sqlx::Error::PoolClosed));
-            };
-            // While calls arrive together, let the tasks that are ready run first (one pass of the
-            // scheduler, no timer), so that calls made at the same moment share this statement.
-            if self.busy.load(Ordering::Relaxed) {
-                tokio::task::yield_now().await;
-            }
-            let mut lease = match self.lookup_lease(turn).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    // No connection: the queued look-ups (this one among them) fail with it.
-                    self.fail_pending(&e);
-                    return match answer.try_recv() {
-                        Ok(answer) => answer,
-                        Err(_) => Err(e),
-                    };
+                let combine = queue.combiners < self.lookup_size;
+                if combine {
+                    queue.combiners += 1;
                 }
+                combine
             };
-            self.drain(&mut lease).await;
-            drop(lease);
+            if combine {
+                let mut combiner = Combiner {
+                    node: self,
+                    done: false,
+                };
+                combiner.run().await;
+                combiner.done = true;
+            }
             match answer.await {
                 Ok(answer) => return answer,
-                Err(_) => continue,
+                Err(_) => continue, // its statement was dropped: send it again
             }
         }
         Err(Error::Lookup(Arc::new(sqlx::Error::WorkerCrashed)))
     }
 
-    /// Sends every queued look-up on this connection, `max_batch` a statement, answering each.
-    async fn drain(&self, lease: &mut Lease<'_>) {
-        loop {
-            if !lease.usable() {
-                return;
+    /// The next statement's worth of queued look-ups, or none (and one combiner fewer).
+    fn next_batch(&self) -> Vec<Pending> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        while batch.len() < self.max_batch {
+            match queue.pending.pop_front() {
+                Some(p) if p.reply.is_closed() => continue,
+                Some(p) => batch.push(p),
+                None => break,
             }
-            let batch: Vec<Pending> = {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let mut batch = Vec::new();
-                while batch.len() < self.max_batch {
-                    match pending.pop_front() {
-                        Some(p) if p.reply.is_closed() => continue,
-                        Some(p) => batch.push(p),
-                        None => break,
-                    }
-                }
-                batch
-            };
-            if batch.is_empty() {
-                return;
+        }
+        if batch.is_empty() {
+            queue.combiners -= 1;
+        }
+        batch
+    }
+
+    /// Sends `batch` on the lease's connection and answers each look-up in it.
+    async fn send(&self, lease: &mut Lease<'_>, batch: Vec<Pending>) {
+        self.busy.store(batch.len() > 1, Ordering::Relaxed);
+        self.count(batch.len());
+        let found = match batch.as_slice() {
+            [one] => find_by_identity(lease.conn(), &one.identity)
+                .await
+                .map(|u| vec![u]),
+            many => {
+                let identities: Vec<&Identity> = many.iter().map(|p| &p.identity).collect();
+                find_identities(lease.conn(), &identities).await
             }
-            self.busy.store(batch.len() > 1, Ordering::Relaxed);
-            self.count(batch.len());
-            let found = match batch.as_slice() {
-                [one] => find_by_identity(lease.conn(), &one.identity)
-                    .await
-                    .map(|u| vec![u]),
-                many => {
-                    let identities: Vec<&Identity> = many.iter().map(|p| &p.identity).collect();
-                    find_identities(lease.conn(), &identities).await
+        };
+        match lease.finish(found) {
+            Ok(users) => {
+                for (pending, user) in batch.into_iter().zip(users) {
+                    let _ = pending.reply.send(Ok(user));
                 }
-            };
-            match lease.finish(found) {
-                Ok(users) => {
-                    for (pending, user) in batch.into_iter().zip(users) {
-                        let _ = pending.reply.send(Ok(user));
-                    }
-                }
-                Err(e) => {
-                    let shared = Arc::new(into_sqlx(e));
-                    for pending in batch {
-                        let _ = pending.reply.send(Err(Error::Lookup(shared.clone())));
-                    }
+            }
+            Err(e) => {
+                let shared = Arc::new(into_sqlx(e));
+                for pending in batch {
+                    let _ = pending.reply.send(Err(Error::Lookup(shared.clone())));
                 }
             }
         }
@@ -347,9 +412,10 @@ impl Node {
 
     fn fail_pending(&self, e: &Error) {
         let waiting: Vec<Pending> = self
-            .pending
+            .queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .pending
             .drain(..)
             .collect();
         let shared = Arc::new(sqlx::Error::Protocol(format!("no connection: {e}")));
@@ -371,12 +437,32 @@ impl Node {
     /// running now finish, and their connections close as they return.
     pub(crate) async fn close(&self) {
         self.turns.close();
-        self.lookup_turns.close();
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for conn in idle {
             let _ = conn.close().await;
         }
         self.fail_pending(&Error::Database(sqlx::Error::PoolClosed));
+    }
+}
+
+/// One caller counted in [`Node::lookups_in_flight`] until dropped (however the call ends).
+struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+    /// Look-ups in flight, this one included, when it came in.
+    count: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        InFlight { counter, count }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
