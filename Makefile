@@ -41,8 +41,9 @@ help: ## List the targets
 db-up: ## Start the local PostgreSQL (initdb first if needed)
 	@$(LOCAL_DB) up >/dev/null
 
-db-down: ## Stop the local PostgreSQL (and the sandbox emulator, standby, scratch cluster and PgBouncer the tests start)
+db-down: ## Stop the local PostgreSQL (and the sandbox emulator, standbys, scratch cluster and PgBouncer the tests start)
 	@scripts/standby.sh down
+	@scripts/foreign-standby.sh down
 	@scripts/pgbouncer.sh down
 	@scripts/scratch-db.sh down
 	@$(LOCAL_DB) down

@@ -109,6 +109,10 @@ pub struct RoutingStats {
     pub lookup_statements: u64,
     /// Identity look-ups they answered: `lookups / lookup_statements` is the average batch.
     pub lookups: u64,
+    /// Replicas (indices in the order given) that the last check found in another cluster than the
+    /// primary's (another `system_identifier`): a URL pointed at the wrong server. They serve
+    /// nothing while they are.
+    pub foreign_replicas: Vec<usize>,
 }
 
 /// The one handle a service uses for `users`: build it once at start-up, clone it into every
@@ -483,6 +487,10 @@ impl Db {
             fallbacks: self.shared.fallbacks.load(Ordering::Relaxed),
             lookup_statements,
             lookups,
+            foreign_replicas: (self.shared.replicas.iter().enumerate())
+                .filter(|(_, r)| r.foreign.load(Ordering::Acquire))
+                .map(|(i, _)| i)
+                .collect(),
         }
     }
 

@@ -25,6 +25,10 @@ pub(crate) struct Replica {
     /// `Shared::epoch`; 0: nothing known).
     pub(crate) covered_until: AtomicU64,
     pub(crate) served: AtomicU64,
+    /// Whether the last check found it in another cluster than the primary's (another
+    /// `system_identifier`): refused, whatever its position, until a check finds it in the
+    /// primary's cluster.
+    pub(crate) foreign: AtomicBool,
     probing: AtomicBool,
     /// Woken when a probe has read the replay position.
     pub(crate) probed: tokio::sync::Notify,
@@ -38,6 +42,7 @@ impl Replica {
             replayed: AtomicU64::new(0),
             covered_until: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            foreign: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             probed: tokio::sync::Notify::new(),
         }
@@ -127,20 +132,22 @@ impl Written {
     }
 }
 
-/// The primary's flushed position (the check task's samples): every synchronous commit that has
+/// The primary's flushed position (the check task's samples), and the cluster's
+/// `system_identifier`: every synchronous commit that has
 /// returned ends at or before it. Not the insert position: records not flushed yet (a row lock of an
 /// open transaction, a page pruned by a reader) can stay unflushed on an idle primary for as long as
 /// the transaction lasts (the WAL writer flushes complete pages only), and no standby can replay
 /// them; nor does the insert position stop at a page boundary where replay does. A commit with
 /// `synchronous_commit = off` is flushed by the WAL writer within three `wal_writer_delay`s (600 ms
 /// by default), so for such writes the bound is `max_lag` plus that.
-pub(crate) async fn sample_position(conn: &mut PgConnection) -> Result<u64, Error> {
-    let lsn = sqlx::query_scalar!(
-        r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!""#
+pub(crate) async fn sample_position(conn: &mut PgConnection) -> Result<(u64, i64), Error> {
+    let row = sqlx::query!(
+        r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!",
+                  (SELECT system_identifier FROM pg_control_system()) AS "system!""#
     )
     .fetch_one(conn)
     .await?;
-    Ok(u64::try_from(lsn).unwrap_or(0))
+    Ok((u64::try_from(row.lsn).unwrap_or(0), row.system))
 }
 
 /// The position a write just committed on `conn` ends at or before, read on the same connection
@@ -165,6 +172,8 @@ struct ReplicaStatus {
     in_recovery: bool,
     replayed: Option<i64>,
     paused: bool,
+    /// The cluster's `system_identifier`: a standby's is its primary's (copied by the base backup).
+    system: i64,
 }
 
 async fn replica_status(conn: &mut PgConnection) -> Result<ReplicaStatus, Error> {
@@ -172,7 +181,8 @@ async fn replica_status(conn: &mut PgConnection) -> Result<ReplicaStatus, Error>
         r#"SELECT pg_is_in_recovery() AS "in_recovery!",
                   (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replayed,
                   CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END
-                    AS "paused!""#
+                    AS "paused!",
+                  (SELECT system_identifier FROM pg_control_system()) AS "system!""#
     )
     .fetch_one(conn)
     .await?;
@@ -180,6 +190,7 @@ async fn replica_status(conn: &mut PgConnection) -> Result<ReplicaStatus, Error>
         in_recovery: row.in_recovery,
         replayed: row.replayed,
         paused: row.paused,
+        system: row.system,
     })
 }
 
@@ -203,6 +214,7 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
             in_recovery: true,
             replayed: Some(replayed),
             paused: false,
+            ..
         })) = tokio::time::timeout(shared.replica_timeout, read).await
         {
             replica
@@ -274,7 +286,9 @@ async fn check_once(
     .await;
     // Without the primary's position nothing new is known; the replicas' coverage ages, and they
     // stop serving once it passes the bound.
-    let Some(position) = position else { return };
+    let Some((position, system)) = position else {
+        return;
+    };
     let keep =
         u64::try_from((shared.max_lag + 2 * shared.check_interval).as_nanos()).unwrap_or(u64::MAX);
     shared.samples.push(sampled_at, position, keep);
@@ -283,11 +297,16 @@ async fn check_once(
             replica_status(c).await
         })
         .await;
+        let foreign = status.as_ref().is_some_and(|s| s.system != system);
+        replica.foreign.store(foreign, Ordering::Release);
         match status {
+            // Another cluster's server: its positions mean nothing here, and its rows are not ours.
+            _ if foreign => replica.healthy.store(false, Ordering::Release),
             Some(ReplicaStatus {
                 in_recovery: true,
                 replayed: Some(replayed),
                 paused: false,
+                ..
             }) => {
                 let replayed = u64::try_from(replayed).unwrap_or(0);
                 // Stored, not maximised: a restarted replica may be behind what it had replayed.

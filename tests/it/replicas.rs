@@ -702,3 +702,66 @@ async fn a_slow_lookup_goes_to_the_primary_and_the_replica_keeps_serving(primary
     answers(&reader, &identities[0]).await;
     assert_eq!(reader.stats().replicas[0], after.replicas[0] + 1);
 }
+
+fn foreign_script(command: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/foreign-standby.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .env_remove("LIVERMORE_DATABASE_URL")
+        .output()
+        .expect("run scripts/foreign-standby.sh");
+    assert!(
+        out.status.success(),
+        "scripts/foreign-standby.sh {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A replica URL pointed at a standby of another cluster (its own `system_identifier`), whose
+/// replay position is far past the primary's and whose `users` holds another row for the same
+/// identity: the handle refuses it at its first check and answers from the primary.
+#[sqlx::test]
+async fn a_standby_of_another_cluster_is_refused(primary: PgPool) {
+    let url = foreign_script("up");
+    let options = PgConnectOptions::from_str(&url).unwrap();
+    {
+        let mut foreign = connect_eventually(&options).await;
+        livermore_db::MIGRATOR.run(&mut foreign).await.unwrap();
+        let theirs =
+            Profile::parse("clerk", "user_twin", "theirs@example.com", None, None).unwrap();
+        livermore_db::sign_in(&mut foreign, &theirs).await.unwrap();
+    }
+    let url = foreign_script("recover");
+    let options = PgConnectOptions::from_str(&url).unwrap();
+    connect_eventually(&options).await;
+
+    let db = routed(&primary, &options).await;
+    let ours = Profile::parse("clerk", "user_twin", "ours@example.com", None, None).unwrap();
+    db.sign_in(&ours).await.unwrap();
+    let twin = Identity::parse("clerk", "user_twin").unwrap();
+    let reader = db.session();
+    // The checks start with the first look-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.stats().foreign_replicas.is_empty() {
+        assert!(Instant::now() < deadline, "no check within 10 s");
+        reader.find_by_identity(&twin).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        let user = reader.find_by_identity(&twin).await.unwrap().unwrap();
+        assert_eq!(user.email, "ours@example.com", "another cluster's row");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = reader.stats();
+    assert_eq!(
+        (stats.replicas[0], stats.foreign_replicas.clone()),
+        (0, vec![0]),
+        "{stats:?}"
+    );
+    assert!(reader.serving_replicas().is_empty());
+    db.close().await;
+    foreign_script("down");
+}
