@@ -51,13 +51,16 @@ macro_rules! write_on_primary {
             let mut unsettled = Unsettled {
                 written: &db.written,
                 shared,
-                armed: true,
+                armed: false,
+                returned: false,
             };
             let mut lease = shared.primary.lease().await?;
+            unsettled.armed = true;
             let result = {
                 let $conn = lease.conn();
                 $call.await
             };
+            unsettled.returned = true;
             let result = lease.finish(result);
             db.settle(lease, &mut unsettled).await;
             result
@@ -766,14 +769,37 @@ enum Pick<'a> {
 struct Unsettled<'a> {
     written: &'a Written,
     shared: &'a Shared,
+    /// The write has a connection: it may commit from now on.
     armed: bool,
+    /// Its statements have returned: whatever it committed is committed.
+    returned: bool,
 }
+
+/// How long after its statement's `statement_timeout` a commit may still land (the commit's own
+/// flush, on a busy disk).
+const COMMIT_MARGIN: Duration = Duration::from_secs(1);
 
 impl Drop for Unsettled<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.written.record_unknown(self.shared.now());
+        if !self.armed {
+            return;
         }
+        let now = self.shared.now();
+        if self.returned {
+            // Settling failed or was cut short: the write is committed by now.
+            self.written.record_unknown(now);
+            return;
+        }
+        // Dropped mid-statement (the caller went away): the server runs the statement in flight
+        // to its end and may commit it, until `statement_timeout` at the latest; it aborts anything
+        // after that, finding the connection gone. Only a primary sample taken after then covers it.
+        let timeout = self
+            .shared
+            .primary
+            .statement_timeout
+            .unwrap_or(self.shared.call_timeout);
+        let window = u64::try_from((timeout + COMMIT_MARGIN).as_nanos()).unwrap_or(u64::MAX / 2);
+        self.written.record_unknown(now.saturating_add(window));
     }
 }
 

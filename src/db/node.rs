@@ -139,7 +139,8 @@ pub(crate) struct Node {
     pub(crate) size: usize,
     max_batch: usize,
     connect_timeout: Duration,
-    statement_timeout: Option<Duration>,
+    /// The `statement_timeout` its connections carry.
+    pub(crate) statement_timeout: Option<Duration>,
     pub(crate) counts: Counts,
 }
 

@@ -765,3 +765,77 @@ async fn a_standby_of_another_cluster_is_refused(primary: PgPool) {
     db.close().await;
     foreign_script("down");
 }
+
+/// A write whose caller goes away mid-statement (its future dropped) commits after the drop: every
+/// read of the session after the commit sees it, though the standby applies 300 ms late; and the
+/// unknown position does not pin the session to the primary: the replica serves it again.
+#[sqlx::test]
+async fn a_write_dropped_mid_statement_is_read_back(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    set_apply_delay(&options, "300ms").await;
+    let db = Db::builder(primary_options(&primary))
+        .replicas([options.clone()])
+        .check_interval(CHECK)
+        .statement_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let identity = users(&db, 1, "dropped").await.remove(0);
+    let user = db.find_by_identity(&identity).await.unwrap().unwrap();
+    sqlx::query(
+        "CREATE FUNCTION slow_role() RETURNS trigger LANGUAGE plpgsql
+         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER slow_role BEFORE UPDATE OF role ON users FOR EACH ROW
+         WHEN (NEW.role = 'subscriber_pro') EXECUTE FUNCTION slow_role()",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
+    let session = db.session();
+    until_replica_serves(&session, Duration::from_secs(10)).await;
+
+    let cut = tokio::time::timeout(
+        Duration::from_millis(100),
+        session.set_role(user.id, Role::SubscriberPro),
+    )
+    .await;
+    assert!(cut.is_err(), "the write returned within 100 ms");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+            .bind(user.id.0)
+            .fetch_one(&primary)
+            .await
+            .unwrap();
+        if role == "subscriber_pro" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped write never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let committed = Instant::now();
+    while committed.elapsed() < Duration::from_millis(1200) {
+        let read = session.find_by_identity(&identity).await.unwrap().unwrap();
+        assert_eq!(
+            read.role,
+            Role::SubscriberPro,
+            "the session read its own write stale {:?} after the commit",
+            committed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the replica serves the session again",
+        || session.serving_replicas() == [0],
+    )
+    .await;
+}
