@@ -79,11 +79,6 @@ pub enum Error {
     #[error("identity look-up failed: {0}")]
     Lookup(#[source] std::sync::Arc<sqlx::Error>),
 
-    /// A Clerk webhook request was refused before anything was applied (feature `clerk-webhook`).
-    #[cfg(feature = "clerk-webhook")]
-    #[error("webhook refused: {0}")]
-    Webhook(#[from] crate::clerk::WebhookError),
-
     /// A call through [`Db`](crate::Db) did not finish within its deadline
     /// ([`DbBuilder::call_timeout`](crate::DbBuilder::call_timeout)); whatever it had open was
     /// rolled back.
