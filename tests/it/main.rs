@@ -15,6 +15,7 @@ mod pgbouncer;
 mod replicas;
 mod restart;
 mod roles;
+mod support;
 mod users;
 #[cfg(feature = "webhook-service")]
 mod webhook;

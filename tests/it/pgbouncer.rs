@@ -6,13 +6,14 @@
 //! those steps a different server connection: before 1.21, which cannot carry prepared statements
 //! across server connections, statements fail with "prepared statement … does not exist". Session
 //! mode keeps one server connection per client connection and carries everything.
-use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
 use livermore_db::{Identity, Profile, Role, find_by_identity, set_role, sign_in};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
+
+use crate::support::{local_cluster_only, run_script};
 
 struct Bouncer {
     options: PgConnectOptions,
@@ -21,18 +22,8 @@ struct Bouncer {
 
 /// Starts (if needed) the PgBouncer of `mode` and gives its options for the test's database.
 async fn bouncer(mode: &str, primary: &PgPool) -> Bouncer {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pgbouncer.sh");
-    let out = Command::new("bash")
-        .args([script, "up", mode])
-        .env_remove("LIVERMORE_DATABASE_URL")
-        .output()
-        .expect("run scripts/pgbouncer.sh");
-    assert!(
-        out.status.success(),
-        "scripts/pgbouncer.sh up {mode} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    local_cluster_only("PgBouncer in front");
+    let stdout = run_script("pgbouncer.sh", &["up", mode]);
     let value = |key: &str| {
         stdout
             .lines()

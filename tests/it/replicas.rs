@@ -4,7 +4,6 @@
 //!
 //! The tests share one standby and change it (pause it, delay its replay, stop it), so they take
 //! `STANDBY` in turn, and each starts by putting the standby back to normal.
-use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -13,29 +12,20 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+use crate::support::{local_cluster_only, run_script};
+
 static STANDBY: Mutex<()> = Mutex::const_new(());
 
 const CHECK: Duration = Duration::from_millis(50);
 
 fn standby_script(command: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/standby.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(command)
-        .env_remove("LIVERMORE_DATABASE_URL")
-        .output()
-        .expect("run scripts/standby.sh");
-    assert!(
-        out.status.success(),
-        "scripts/standby.sh {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    run_script("standby.sh", &[command])
 }
 
 /// The standby's connect options for the test's own database (created on the primary by
 /// `#[sqlx::test]`, replicated from there), once the standby has it.
 async fn standby_options(primary: &PgPool) -> PgConnectOptions {
+    local_cluster_only("the streaming standby");
     let url = standby_script("up");
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(primary)
@@ -704,19 +694,8 @@ async fn a_slow_lookup_goes_to_the_primary_and_the_replica_keeps_serving(primary
 }
 
 fn foreign_script(command: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/foreign-standby.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(command)
-        .env_remove("LIVERMORE_DATABASE_URL")
-        .output()
-        .expect("run scripts/foreign-standby.sh");
-    assert!(
-        out.status.success(),
-        "scripts/foreign-standby.sh {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    local_cluster_only("a standby of another cluster beside the primary");
+    run_script("foreign-standby.sh", &[command])
 }
 
 /// A replica URL pointed at a standby of another cluster (its own `system_identifier`), whose

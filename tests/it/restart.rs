@@ -1,6 +1,5 @@
 //! `Db` when its server restarts under load: on a cluster of its own (`scripts/scratch-db.sh`), so
 //! that the other tests' server stays up.
-use std::process::Command;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,19 +9,10 @@ use livermore_db::{Db, Error, Identity, Profile};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
+use crate::support::run_script;
+
 fn scratch(command: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/scratch-db.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(command)
-        .output()
-        .expect("run scripts/scratch-db.sh");
-    assert!(
-        out.status.success(),
-        "scripts/scratch-db.sh {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    run_script("scratch-db.sh", &[command])
 }
 
 /// One call's outcome, as seen by a client task.

@@ -1054,14 +1054,12 @@ async fn the_dev_cluster_is_its_owners_alone() {
 
 #[tokio::test]
 async fn a_fallback_folder_planted_by_someone_else_is_refused() {
-    if !Command::new("id")
+    // As root (CI) the test plants a folder owned by `nobody`; as anyone else it points the script
+    // at a folder root owns: either way, a folder that is not the server user's.
+    let root_user = Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| o.stdout == b"0\n")
-    {
-        eprintln!("not root: the fallback folder is only used as root; nothing to check");
-        return;
-    }
+        .is_ok_and(|o| o.stdout == b"0\n");
     let up = |base: &std::path::Path| {
         Command::new("bash")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/local-db.sh"))
@@ -1084,31 +1082,40 @@ async fn a_fallback_folder_planted_by_someone_else_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
 
-    // A folder someone else made first (here: owned by nobody, open to all).
-    let planted = root.join("planted");
-    std::fs::create_dir_all(&planted).unwrap();
-    assert!(
-        Command::new("chown")
-            .args(["nobody"])
-            .arg(&planted)
-            .status()
-            .unwrap()
-            .success()
-    );
+    // A folder someone else made first (as root: owned by nobody, open to all; else root's).
+    let (planted, owner) = if root_user {
+        let planted = root.join("planted");
+        std::fs::create_dir_all(&planted).unwrap();
+        assert!(
+            Command::new("chown")
+                .args(["nobody"])
+                .arg(&planted)
+                .status()
+                .unwrap()
+                .success()
+        );
+        (planted, "nobody")
+    } else {
+        (std::path::PathBuf::from("/var/tmp"), "root")
+    };
     let out = up(&planted);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to nobody"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("belongs to {owner}")), "{said}");
+    assert!(!planted.join("dev").exists(), "a cluster made in it");
 
     assert_eq!(
         std::fs::read_dir(&target).unwrap().count(),
         0,
         "nothing written through the link"
     );
-    assert_eq!(
-        std::fs::read_dir(&planted).unwrap().count(),
-        0,
-        "nothing written into it"
-    );
+    if root_user {
+        assert_eq!(
+            std::fs::read_dir(&planted).unwrap().count(),
+            0,
+            "nothing written into it"
+        );
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 
