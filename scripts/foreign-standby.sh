@@ -4,7 +4,7 @@
 # the wrong cluster's standby looks like to the routing handle. For the replica-routing tests.
 #
 #   scripts/foreign-standby.sh up       a new cluster (the old one removed), running as a primary on
-#                                       127.0.0.1:$LOCAL_FOREIGN_PORT (default 54359); print its URL
+#                                       127.0.0.1:$LOCAL_FOREIGN_PORT (default 54389); print its URL
 #                                       (database $LOCAL_PG_DATABASE, default livermore, created)
 #   scripts/foreign-standby.sh recover  stop it, move its WAL far ahead (pg_resetwal -l), restart it
 #                                       in recovery (standby.signal, no primary); print its URL
@@ -14,7 +14,7 @@
 set -euo pipefail
 
 cluster=foreign
-port=${LOCAL_FOREIGN_PORT:-54359}
+port=${LOCAL_FOREIGN_PORT:-54389}
 db_user=livermore
 db_name=${LOCAL_PG_DATABASE:-livermore}
 
