@@ -41,7 +41,7 @@ struct Combiner<'a> {
     done: bool,
 }
 
-impl Combiner<'_> {
+impl<'a> Combiner<'a> {
     async fn run(&mut self) {
         let node = self.node;
         // While calls arrive together, let the tasks that are ready run first (one pass of the
@@ -49,49 +49,45 @@ impl Combiner<'_> {
         if node.busy.load(Ordering::Relaxed) {
             tokio::task::yield_now().await;
         }
-        let mut lease = match node.lease().await {
-            Ok(lease) => lease,
-            Err(e) => {
-                // No connection: the queued look-ups (this one among them) fail with it.
-                node.queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .combiners -= 1;
-                self.done = true;
-                node.fail_pending(&e);
-                return;
-            }
+        let Some(mut lease) = self.lease().await else {
+            return;
         };
-        let mut first = true;
         loop {
             if !lease.usable() {
                 // The connection broke: carry on with another one.
                 drop(lease);
-                lease = match node.lease().await {
-                    Ok(lease) => lease,
-                    Err(e) => {
-                        node.queue
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .combiners -= 1;
-                        self.done = true;
-                        node.fail_pending(&e);
-                        return;
-                    }
+                let Some(next) = self.lease().await else {
+                    return;
                 };
+                lease = next;
             }
-            // The callers the last statement answered come back with their next look-ups: let
-            // them queue first (one pass of the scheduler), or the next statement carries one.
-            if !first {
-                tokio::task::yield_now().await;
-            }
-            first = false;
             let batch = node.next_batch();
             if batch.is_empty() {
                 self.done = true;
                 return;
             }
             node.send(&mut lease, batch).await;
+            // The callers it answered come back with their next look-ups: let them queue first
+            // (one pass of the scheduler), or the next statement carries one.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A connection to send on; without one, this combiner is done and the queued look-ups (its
+    /// own among them) fail with the reason.
+    async fn lease(&mut self) -> Option<Lease<'a>> {
+        match self.node.lease().await {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                self.node
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .combiners -= 1;
+                self.done = true;
+                self.node.fail_pending(&e);
+                None
+            }
         }
     }
 }
@@ -356,7 +352,6 @@ impl Node {
                     done: false,
                 };
                 combiner.run().await;
-                combiner.done = true;
             }
             match answer.await {
                 Ok(answer) => return answer,
