@@ -132,9 +132,8 @@ impl Written {
     }
 }
 
-/// The primary's flushed position (the check task's samples), and the cluster's
-/// `system_identifier`: every synchronous commit that has
-/// returned ends at or before it. Not the insert position: records not flushed yet (a row lock of an
+/// The primary's flushed position (the check task's samples) and its cluster's `system_identifier`.
+/// Every synchronous commit that has returned ends at or before that position. Not the insert position: records not flushed yet (a row lock of an
 /// open transaction, a page pruned by a reader) can stay unflushed on an idle primary for as long as
 /// the transaction lasts (the WAL writer flushes complete pages only), and no standby can replay
 /// them; nor does the insert position stop at a page boundary where replay does. A commit with
