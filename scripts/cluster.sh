@@ -1,8 +1,9 @@
 # Shared by scripts/local-db.sh (the dev cluster), scripts/sandbox-emulator.sh (the TLS sandbox
-# emulator), scripts/standby.sh and scripts/pgbouncer.sh: messages, finding (or installing) Debian's
-# PostgreSQL, the server user, the cluster's folder, and initdb/start/stop. Sourced, not run; the
-# sourcing script sets `tag` (its name in messages), `cluster`, `port`, `db_user`, and where it
-# initialises clusters `after_initdb` (its own configuration of a new cluster).
+# emulator), scripts/standby.sh, scripts/foreign-standby.sh, scripts/scratch-db.sh and
+# scripts/pgbouncer.sh: messages, finding (or installing) Debian's PostgreSQL, the server user, the
+# cluster's folder, initdb/start/stop, and the cluster's URL. Sourced, not run; the sourcing script
+# sets `tag` (its name in messages), `cluster`, `port`, `db_user`, where it prints URLs `db_name`, and
+# where it initialises clusters `after_initdb` (its own configuration of a new cluster).
 #
 # Layout: <dir>/data (PGDATA), <dir>/socket (the unix socket, folder mode 0700), <dir>/postgres.log,
 # <dir>/password (the superuser's, mode 0600), where <dir> is .pgdata/<cluster> in the repo, or
@@ -162,6 +163,14 @@ secure_old_cluster() {
     as_server "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir/socket" -p "$port" -U "$db_user" -d postgres >/dev/null
   as_server sed -i -E 's/^(host[a-z]*[[:space:]].*[[:space:]])trust[[:space:]]*$/\1scram-sha-256/' "$dir/data/pg_hba.conf"
   as_server "$pg_bin/pg_ctl" -D "$dir/data" reload >/dev/null
+}
+
+# The cluster's URL on stdout: the superuser, its password (<dir>/password), 127.0.0.1:$port, and
+# database $db_name.
+cluster_url() {
+  local pw
+  pw=$(cat "$dir/password" 2>/dev/null) || die "no password file in $dir (start the cluster: $0 up)"
+  printf 'postgres://%s:%s@127.0.0.1:%s/%s\n' "$db_user" "$pw" "$port" "$db_name"
 }
 
 start_cluster() {

@@ -25,12 +25,6 @@ tag=foreign-standby
 
 after_initdb() { :; }
 
-url() {
-  local pw
-  pw=$(cat "$dir/password" 2>/dev/null) || die "no cluster in $dir (run: $0 up)"
-  printf 'postgres://%s:%s@127.0.0.1:%s/%s\n' "$db_user" "$pw" "$port" "$db_name"
-}
-
 prepare() {
   if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then
     die "LIVERMORE_DATABASE_URL is set: the foreign standby belongs beside the project-local cluster only"
@@ -51,7 +45,7 @@ case "${1:-}" in
     start_cluster
     as_server "$pg_bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir/socket" -p "$port" -U "$db_user" \
       -d postgres -c "CREATE DATABASE \"$db_name\"" >/dev/null
-    url
+    cluster_url
     ;;
   recover)
     prepare
@@ -65,7 +59,7 @@ case "${1:-}" in
     as_server "$pg_bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
     as_server touch "$dir/data/standby.signal"
     start_cluster
-    url
+    cluster_url
     ;;
   down | stop)
     stop_cluster

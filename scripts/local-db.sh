@@ -29,12 +29,6 @@ tag=local-db
 
 after_initdb() { :; }
 
-local_url() {
-  local pw
-  pw=$(cat "$dir/password" 2>/dev/null) || die "no password file in $dir (start the cluster: $0 up)"
-  printf 'postgres://%s:%s@127.0.0.1:%s/%s\n' "$db_user" "$pw" "$port" "$db_name"
-}
-
 case "${1:-}" in
   up)
     if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then
@@ -47,7 +41,7 @@ case "${1:-}" in
     init_cluster
     start_cluster
     secure_old_cluster
-    local_url
+    cluster_url
     ;;
   down)
     stop_cluster
@@ -59,7 +53,7 @@ case "${1:-}" in
       pg_bin=$(find_pg_bin) || die "no PostgreSQL binaries under /usr/lib/postgresql"
       choose_server_user
       choose_dir
-      local_url
+      cluster_url
     fi
     ;;
   status)

@@ -62,12 +62,6 @@ hot_standby = on
 EOF
 }
 
-standby_url() {
-  local pw
-  pw=$(cat "$dir/password" 2>/dev/null) || die "no standby in $dir (run: $0 up)"
-  printf 'postgres://%s:%s@127.0.0.1:%s/%s\n' "$db_user" "$pw" "$port" "$db_name"
-}
-
 up() {
   if [ -n "${LIVERMORE_DATABASE_URL:-}" ]; then
     die "LIVERMORE_DATABASE_URL is set: the standby replicates the project-local cluster only"
@@ -78,7 +72,7 @@ up() {
   choose_dir
   base_backup
   start_cluster
-  standby_url
+  cluster_url
 }
 
 case "${1:-}" in
