@@ -128,18 +128,29 @@ async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() ->
     }
 }
 
-/// Waits until the handle has a serving replica, driving look-ups (the checks start with the first).
-async fn until_replica_serves(db: &Db, within: Duration) {
+/// Waits until `condition` holds of the handle, driving look-ups meanwhile (the checks start with
+/// the first), for at most `within`.
+async fn driving_lookups_until(
+    db: &Db,
+    within: Duration,
+    what: &str,
+    condition: impl Fn(&Db) -> bool,
+) {
     let deadline = Instant::now() + within;
     let nobody = Identity::parse("clerk", "user_nobody").unwrap();
-    while db.serving_replicas().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the replica did not serve within {within:?}"
-        );
+    while !condition(db) {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         db.find_by_identity(&nobody).await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the handle has a serving replica, driving look-ups.
+async fn until_replica_serves(db: &Db, within: Duration) {
+    driving_lookups_until(db, within, "the replica serves", |db| {
+        !db.serving_replicas().is_empty()
+    })
+    .await;
 }
 
 async fn users(db: &Db, n: usize, prefix: &str) -> Vec<Identity> {
@@ -721,13 +732,10 @@ async fn a_standby_of_another_cluster_is_refused(primary: PgPool) {
     db.sign_in(&ours).await.unwrap();
     let twin = Identity::parse("clerk", "user_twin").unwrap();
     let reader = db.session();
-    // The checks start with the first look-up.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reader.stats().foreign_replicas.is_empty() {
-        assert!(Instant::now() < deadline, "no check within 10 s");
-        reader.find_by_identity(&twin).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    driving_lookups_until(&reader, Duration::from_secs(10), "the first check", |db| {
+        !db.stats().foreign_replicas.is_empty()
+    })
+    .await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(1) {
         let user = reader.find_by_identity(&twin).await.unwrap().unwrap();
