@@ -284,7 +284,7 @@ impl DbBuilder {
     }
 
     /// Identity look-ups coalesced at once on each server (default
-    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`). While at most four times this many
+    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`). While at most twice this many
     /// look-ups are in flight, each runs alone on a connection of its own; past that they queue,
     /// and this many callers at a time send what is queued, many look-ups a statement.
     pub fn lookup_connections(mut self, connections: usize) -> Self {

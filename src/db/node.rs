@@ -237,9 +237,10 @@ impl Node {
     ) -> Node {
         let size = size.max(1);
         let lookup_size = lookup_size.clamp(1, size);
-        // Measured on 2 cores (BENCHMARKS.md): single statements beat batches until about four
-        // callers per coalescing connection are waiting.
-        let alone_up_to = (4 * lookup_size).min(size);
+        // Measured on 2 cores (BENCHMARKS.md): single statements beat batches at 4 callers; at 8,
+        // single statements keep 8 server backends busy and starve the writes beside them (a
+        // sign-in every 20 ms managed 14-31 in 3 s instead of 100, replicas_stay_useful_under_writes).
+        let alone_up_to = (2 * lookup_size).min(size);
         Node {
             lookups_in_flight: AtomicUsize::new(0),
             alone_up_to,
