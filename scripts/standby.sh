@@ -15,8 +15,8 @@
 # a standby left stopped for good holds WAL on the dev cluster: `rebuild` or remove .pgdata/standby and
 # drop the slot.
 #
-# Progress goes to stderr. Promotion is not supported: a standby promoted by hand is refused by the
-# routing handle (it is no longer in recovery) until rebuilt.
+# Progress goes to stderr. A promoted standby (the tests promote it) is refused by the routing
+# handle (it is no longer in recovery) until `rebuild`.
 set -euo pipefail
 
 cluster=standby

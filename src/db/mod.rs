@@ -118,6 +118,17 @@ pub struct RoutingStats {
     pub foreign_replicas: Vec<usize>,
 }
 
+/// Where one session's look-ups went ([`Db::session_stats`]): a handle made by [`Db::session`] or
+/// [`Db::session_after`] and its clones count together; the handle from the builder is a session too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Look-ups of the session served by the primary (fallbacks included).
+    pub primary: u64,
+    /// Look-ups of the session served by a replica.
+    pub replicas: u64,
+}
+
 /// The one handle a service uses for `users`: build it once at start-up, clone it into every
 /// request handler (clones share everything), call its methods.
 ///
@@ -497,6 +508,14 @@ impl Db {
         }
     }
 
+    /// Where this session's look-ups went so far ([`Db::stats`] counts every session's).
+    pub fn session_stats(&self) -> SessionStats {
+        SessionStats {
+            primary: self.written.on_primary.load(Ordering::Relaxed),
+            replicas: self.written.on_replicas.load(Ordering::Relaxed),
+        }
+    }
+
     /// Which replicas would serve a look-up of this handle now (indices in the order given).
     pub fn serving_replicas(&self) -> Vec<usize> {
         self.start_checker();
@@ -674,6 +693,7 @@ impl Db {
             match tokio::time::timeout(shared.replica_timeout, f(&replica.node)).await {
                 Ok(Ok(found)) => {
                     replica.served.fetch_add(1, Ordering::Relaxed);
+                    self.written.on_replicas.fetch_add(1, Ordering::Relaxed);
                     return Ok(found);
                 }
                 Ok(Err(e)) => {
@@ -688,6 +708,7 @@ impl Db {
             }
         }
         shared.served_by_primary.fetch_add(1, Ordering::Relaxed);
+        self.written.on_primary.fetch_add(1, Ordering::Relaxed);
         f(&shared.primary).await
     }
 

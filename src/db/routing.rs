@@ -91,20 +91,23 @@ impl Samples {
 /// The largest position a handle may be asked to wait for.
 pub(crate) const MAX_POSITION: u64 = i64::MAX as u64;
 
-/// What a handle (and its clones) wrote: the newest position known, and, when the position of a
-/// write could not be read (the read failed, or the caller went away mid-call), the moment from
-/// which the check task's next primary sample stands for it.
+/// What a session (a handle and its clones) wrote: the newest position known, and, when the
+/// position of a write could not be read (the read failed, or the caller went away mid-call), the
+/// moment from which the check task's next primary sample stands for it. Also where the session's
+/// look-ups went.
 #[derive(Default)]
 pub(crate) struct Written {
     position: AtomicU64,
     unknown_since: AtomicU64,
+    pub(crate) on_primary: AtomicU64,
+    pub(crate) on_replicas: AtomicU64,
 }
 
 impl Written {
     pub(crate) fn at(position: u64) -> Written {
         Written {
             position: AtomicU64::new(position.min(MAX_POSITION)),
-            unknown_since: AtomicU64::new(0),
+            ..Written::default()
         }
     }
 
