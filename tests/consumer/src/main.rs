@@ -11,7 +11,8 @@ use livermore_db::clerk::{
 };
 use livermore_db::{
     Email, Error, Identity, Profile, Role, UserId, deactivate, find_by_email, find_by_id,
-    find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
+    find_by_identities, find_by_identity, link_identity, list_by_role, record_login, set_role,
+    sign_in,
 };
 use sqlx::{Connection, PgPool};
 use tokio::task::JoinHandle;
@@ -53,6 +54,11 @@ fn clerk_event(n: u32) -> ClerkEvent {
     .expect("a Clerk event")
 }
 
+/// A user of its own for one task to deactivate (the others keep theirs active).
+fn throwaway(n: u32, kind: u32) -> Profile {
+    profile(1000 + 10 * n + kind)
+}
+
 /// Every public async function, spawned, with a pool, a pooled connection and a transaction.
 fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
     let identity = profile(n).identity.clone();
@@ -76,6 +82,9 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
             apply_user(p, &clerk_user(n, 1_700_000_000_001).to_profile()?).await?;
             apply_batch(p, &[(1, clerk_user(n, 1_700_000_000_002))]).await?;
             apply_events(p, &[(1, clerk_event(n))]).await?;
+            find_by_identities(p, std::slice::from_ref(&identity)).await?;
+            let other = sign_in(p, &throwaway(n, 1)).await?.user.id;
+            deactivate(p, other).await?;
             livermore_db::migrate(p).await?;
             Ok(())
         }));
@@ -98,6 +107,9 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
             apply_user(&mut *c, &clerk_user(n, 1_700_000_000_003).to_profile()?).await?;
             apply_batch(&mut *c, &[(1, clerk_user(n, 1_700_000_000_004))]).await?;
             apply_events(&mut *c, &[(1, clerk_event(n))]).await?;
+            find_by_identities(&mut *c, std::slice::from_ref(&identity)).await?;
+            let other = sign_in(&mut *c, &throwaway(n, 2)).await?.user.id;
+            deactivate(&mut *c, other).await?;
             Ok(())
         }));
     }
@@ -116,6 +128,7 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
         apply_user(&mut *tx, &clerk_user(n, 1_700_000_000_005).to_profile()?).await?;
         apply_batch(&mut *tx, &[(1, clerk_user(n, 1_700_000_000_006))]).await?;
         apply_events(&mut *tx, &[(1, clerk_event(n))]).await?;
+        find_by_identities(&mut *tx, std::slice::from_ref(&identity)).await?;
         deactivate(&mut *tx, user).await?;
         tx.commit().await?;
         Ok(())
@@ -227,6 +240,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             livermore_db::deactivate(&mut *tx, user.id).await?;
             tx.commit().await?;
             db.primary_only().find_by_identity(&identity).await?;
+            let after = db.session_after(db.last_write().unwrap_or_default());
+            after.find_by_identity(&identity).await?;
+            assert!(after.session_stats().primary + after.session_stats().replicas == 1);
+            let _ = (db.stats(), db.serving_replicas());
             db.migrate().await?;
             Ok::<(), Error>(())
         }));
