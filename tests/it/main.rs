@@ -9,6 +9,7 @@
 mod clerk;
 mod common;
 mod held;
+mod local_cluster;
 mod lookup;
 mod migrations;
 mod pgbouncer;

@@ -13,7 +13,7 @@ use livermore_db::{Identity, Profile, Role, find_by_identity, set_role, sign_in}
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::support::{local_cluster_only, run_script};
+use crate::support::{key_values, local_cluster_only, run_script};
 
 struct Bouncer {
     options: PgConnectOptions,
@@ -23,13 +23,12 @@ struct Bouncer {
 /// Starts (if needed) the PgBouncer of `mode` and gives its options for the test's database.
 async fn bouncer(mode: &str, primary: &PgPool) -> Bouncer {
     local_cluster_only("PgBouncer in front");
-    let stdout = run_script("pgbouncer.sh", &["up", mode]);
+    let printed = key_values(&run_script("pgbouncer.sh", &["up", mode]));
     let value = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        printed
+            .get(key)
             .unwrap_or_else(|| panic!("scripts/pgbouncer.sh printed no {key}"))
-            .to_owned()
+            .clone()
     };
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(primary)

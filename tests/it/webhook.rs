@@ -1,18 +1,18 @@
 //! The Clerk webhook service's routes (src/bin/livermore-clerk-webhooks) over real HTTP, served
 //! in-process on an ephemeral port: signed requests sent with an HTTP client, the database checked
 //! after each. `webhook_process.rs` runs the program itself (signals, deadlines, logs).
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use livermore_db::clerk::WebhookVerifier;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+
+use crate::support::clerk::{T0, clerk_user, event_body};
+use crate::support::webhook::{SECRET, now, signed};
 
 // The program's own routes; what only `main` calls (draining at shutdown) is unused here.
 #[path = "../../src/bin/livermore-clerk-webhooks/service.rs"]
 #[allow(dead_code)]
 mod service;
 
-const SECRET: &str = "whsec_c2VjcmV0LWtleS1vZi10aGUtdGVzdHMtMzItYnl0ZXM=";
 const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1rZXktb2YtdGhlLXRlc3RzLTMy";
 const FORGER: &str = "whsec_Zm9yZ2VyLWtleS1mb3ItdGhlLXRlc3RzLTMyLWJ5dGVz";
 
@@ -33,26 +33,6 @@ async fn serve(pool: &PgPool, secrets: &str) -> Service {
         base,
         client: reqwest::Client::new(),
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Svix's headers for `body`, signed with `secret` at `timestamp`.
-fn signed(secret: &str, id: &str, timestamp: i64, body: &str) -> Vec<(&'static str, String)> {
-    let signature =
-        WebhookVerifier::from_list(secret)
-            .unwrap()
-            .sign(id, timestamp, body.as_bytes());
-    vec![
-        ("svix-id", id.to_owned()),
-        ("svix-timestamp", timestamp.to_string()),
-        ("svix-signature", signature),
-    ]
 }
 
 impl Service {
@@ -85,25 +65,6 @@ impl Service {
     }
 }
 
-fn user(sub: &str, email: &str, updated_at: i64, extra: Value) -> Value {
-    let mut user = json!({
-        "id": sub, "object": "user",
-        "email_addresses": [{"id": "idn_1", "email_address": email, "verification": {"status": "verified"}}],
-        "primary_email_address_id": "idn_1",
-        "first_name": "Ada", "last_name": "Lovelace",
-        "public_metadata": {}, "updated_at": updated_at
-    });
-    if let (Value::Object(u), Value::Object(e)) = (&mut user, extra) {
-        u.extend(e);
-    }
-    user
-}
-
-fn event(kind: &str, data: Value) -> String {
-    json!({"type": kind, "object": "event", "data": data, "timestamp": 1_700_000_000_000i64})
-        .to_string()
-}
-
 /// (is_active, role, email) of the Clerk identity's rows.
 async fn rows(pool: &PgPool, sub: &str) -> Vec<(bool, String, String)> {
     sqlx::query_as(
@@ -123,13 +84,14 @@ async fn user_count(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-const T0: i64 = 1_700_000_000_000;
-
 #[sqlx::test]
 async fn created_updated_deleted_and_replays(pool: PgPool) {
     let service = serve(&pool, SECRET).await;
     let sub = "user_http_ada";
-    let created = event("user.created", user(sub, "ada@example.com", T0, json!({})));
+    let created = event_body(
+        "user.created",
+        clerk_user(sub, "ada@example.com", T0, json!({})),
+    );
     let (status, body) = service.deliver("msg_1", &created).await;
     assert_eq!(
         (status, &body["outcome"]),
@@ -141,9 +103,9 @@ async fn created_updated_deleted_and_replays(pool: PgPool) {
         [(true, "user".into(), "ada@example.com".into())]
     );
 
-    let updated = event(
+    let updated = event_body(
         "user.updated",
-        user(
+        clerk_user(
             sub,
             "ada@example.org",
             T0 + 1,
@@ -171,7 +133,7 @@ async fn created_updated_deleted_and_replays(pool: PgPool) {
         assert_eq!((status, &body["outcome"]), (200, &json!("stale")), "{body}");
     }
 
-    let deleted = event(
+    let deleted = event_body(
         "user.deleted",
         json!({"id": sub, "object": "user", "deleted": true}),
     );
@@ -188,9 +150,9 @@ async fn created_updated_deleted_and_replays(pool: PgPool) {
         "{body}"
     );
     // A late update never brings the user back.
-    let late = event(
+    let late = event_body(
         "user.updated",
-        user(sub, "ada@example.org", T0 + 2, json!({})),
+        clerk_user(sub, "ada@example.org", T0 + 2, json!({})),
     );
     let (status, _) = service.deliver("msg_4", &late).await;
     assert_eq!(status, 200);
@@ -198,7 +160,7 @@ async fn created_updated_deleted_and_replays(pool: PgPool) {
     assert_eq!(after.len(), 1);
     assert!(!after[0].0, "deactivated: {after:?}");
     // Other event types are acknowledged and ignored.
-    let other = event("session.created", json!({"id": "sess_1"}));
+    let other = event_body("session.created", json!({"id": "sess_1"}));
     let (status, body) = service.deliver("msg_5", &other).await;
     assert_eq!(
         (status, &body["outcome"]),
@@ -211,9 +173,9 @@ async fn created_updated_deleted_and_replays(pool: PgPool) {
 async fn refused_requests_write_nothing(pool: PgPool) {
     let service = serve(&pool, SECRET).await;
     let sub = "user_http_mallory";
-    let grab = event(
+    let grab = event_body(
         "user.created",
-        user(
+        clerk_user(
             sub,
             "mallory@example.com",
             T0,
@@ -252,23 +214,26 @@ async fn refused_requests_write_nothing(pool: PgPool) {
     assert_eq!(status, 413);
     // Signed, but not a valid Clerk event: a bad field, an impossible value, not JSON, no data.
     for (n, bad) in [
-        event(
+        event_body(
             "user.created",
-            user(
+            clerk_user(
                 sub,
                 "mallory@example.com",
                 T0,
                 json!({"updated_at": "yesterday"}),
             ),
         ),
-        event(
+        event_body(
             "user.created",
-            user(sub, "mallory@example.com", i64::MAX, json!({})),
+            clerk_user(sub, "mallory@example.com", i64::MAX, json!({})),
         ),
-        event("user.created", user(sub, "not an address", T0, json!({}))),
-        event(
+        event_body(
             "user.created",
-            user(
+            clerk_user(sub, "not an address", T0, json!({})),
+        ),
+        event_body(
+            "user.created",
+            clerk_user(
                 sub,
                 &format!("{}@example.com", "m".repeat(300)),
                 T0,
@@ -297,9 +262,9 @@ async fn refused_requests_write_nothing(pool: PgPool) {
 #[sqlx::test]
 async fn rotated_secrets_and_both_header_spellings(pool: PgPool) {
     let service = serve(&pool, &format!("{SECRET} {OLD_SECRET}")).await;
-    let body = event(
+    let body = event_body(
         "user.created",
-        user("user_http_rot", "rot@example.com", T0, json!({})),
+        clerk_user("user_http_rot", "rot@example.com", T0, json!({})),
     );
     // Signed with the old secret, in the webhook-* spelling, several signatures in the header.
     let t = now();
@@ -330,9 +295,9 @@ async fn rotated_secrets_and_both_header_spellings(pool: PgPool) {
 #[sqlx::test]
 async fn fifty_concurrent_deliveries_make_one_user(pool: PgPool) {
     let service = std::sync::Arc::new(serve(&pool, SECRET).await);
-    let body = event(
+    let body = event_body(
         "user.created",
-        user("user_http_many", "many@example.com", T0, json!({})),
+        clerk_user("user_http_many", "many@example.com", T0, json!({})),
     );
     for round in 0..3 {
         let mut tasks = tokio::task::JoinSet::new();
@@ -365,9 +330,9 @@ async fn database_failures_answer_503_and_health_stays_up(pool: PgPool) {
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
     pool.close().await;
-    let body = event(
+    let body = event_body(
         "user.created",
-        user("user_http_down", "down@example.com", T0, json!({})),
+        clerk_user("user_http_down", "down@example.com", T0, json!({})),
     );
     let (status, response) = service.deliver("msg_d", &body).await;
     assert_eq!(status, 503, "{response}");
@@ -378,14 +343,14 @@ async fn database_failures_answer_503_and_health_stays_up(pool: PgPool) {
 #[sqlx::test]
 async fn an_address_held_by_another_user_answers_409(pool: PgPool) {
     let service = serve(&pool, SECRET).await;
-    let first = event(
+    let first = event_body(
         "user.created",
-        user("user_http_first", "shared@example.com", T0, json!({})),
+        clerk_user("user_http_first", "shared@example.com", T0, json!({})),
     );
     assert_eq!(service.deliver("msg_s1", &first).await.0, 200);
-    let second = event(
+    let second = event_body(
         "user.created",
-        user("user_http_second", "shared@example.com", T0, json!({})),
+        clerk_user("user_http_second", "shared@example.com", T0, json!({})),
     );
     let (status, body) = service.deliver("msg_s2", &second).await;
     assert_eq!(status, 409, "{body}");

@@ -3,7 +3,7 @@
 //! lines read from its stderr.
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use livermore_db::clerk::WebhookVerifier;
 use livermore_db::{Identity, Role, find_by_identity, set_role};
@@ -13,9 +13,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
+use crate::support::clerk::{T0, clerk_user, created_body, event_body};
+use crate::support::webhook::{SECRET, now};
+
 const BIN: &str = env!("CARGO_BIN_EXE_livermore-clerk-webhooks");
-const SECRET: &str = "whsec_c2VjcmV0LWtleS1vZi10aGUtdGVzdHMtMzItYnl0ZXM=";
-const T0: i64 = 1_700_000_000_000;
 
 /// The URL of the test's own database (the `#[sqlx::test]` one), from `DATABASE_URL`.
 fn url_of(pool: &PgPool) -> reqwest::Url {
@@ -162,38 +163,6 @@ impl Http {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn user(sub: &str, email: &str, updated_at: i64, extra: Value) -> Value {
-    let mut user = json!({
-        "id": sub, "object": "user",
-        "email_addresses": [{"id": "idn_1", "email_address": email, "verification": {"status": "verified"}}],
-        "primary_email_address_id": "idn_1",
-        "first_name": "Ada", "last_name": "Lovelace",
-        "public_metadata": {}, "updated_at": updated_at
-    });
-    if let (Value::Object(u), Value::Object(e)) = (&mut user, extra) {
-        u.extend(e);
-    }
-    user
-}
-
-fn event(kind: &str, data: Value) -> String {
-    json!({"type": kind, "object": "event", "data": data, "timestamp": T0}).to_string()
-}
-
-fn created(sub: &str) -> String {
-    event(
-        "user.created",
-        user(sub, &format!("{sub}@example.com"), T0, json!({})),
-    )
-}
-
 async fn user_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(pool)
@@ -248,7 +217,7 @@ async fn sigterm_lets_a_request_in_flight_finish_and_exits_0(pool: PgPool) {
     let holder = hold_identity(&pool, "user_term").await;
     let in_flight = tokio::spawn({
         let http = program.http.clone();
-        async move { http.deliver("msg_term", &created("user_term")).await }
+        async move { http.deliver("msg_term", &created_body("user_term")).await }
     });
     until_waiting(&pool, 1).await;
     program.signal("TERM");
@@ -284,7 +253,9 @@ async fn past_the_deadline_503_with_retry_after_and_nothing_written(pool: PgPool
     let program = Program::start(url_of(&pool).as_str(), &["--request-deadline", "2"]).await;
     let holder = hold_identity(&pool, "user_late").await;
     let started = Instant::now();
-    let (status, retry_after, body) = program.deliver("msg_late", &created("user_late")).await;
+    let (status, retry_after, body) = program
+        .deliver("msg_late", &created_body("user_late"))
+        .await;
     let took = started.elapsed();
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some(), "503 says when to retry");
@@ -298,7 +269,9 @@ async fn past_the_deadline_503_with_retry_after_and_nothing_written(pool: PgPool
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(user_count(&pool).await, 0);
     // The same delivery, retried with the identity free, applies.
-    let (status, _, body) = program.deliver("msg_late", &created("user_late")).await;
+    let (status, _, body) = program
+        .deliver("msg_late", &created_body("user_late"))
+        .await;
     assert_eq!(
         (status, &body["outcome"]),
         (200, &json!("created")),
@@ -319,13 +292,15 @@ async fn more_requests_than_the_bound_are_answered_503_at_once(pool: PgPool) {
     for k in 0..2 {
         let http = program.http.clone();
         waiting.push(tokio::spawn(async move {
-            http.deliver(&format!("msg_busy{k}"), &created("user_busy"))
+            http.deliver(&format!("msg_busy{k}"), &created_body("user_busy"))
                 .await
         }));
     }
     until_waiting(&pool, 2).await;
     let started = Instant::now();
-    let (status, retry_after, body) = program.deliver("msg_free", &created("user_free")).await;
+    let (status, retry_after, body) = program
+        .deliver("msg_free", &created_body("user_free"))
+        .await;
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some());
     assert!(
@@ -342,7 +317,9 @@ async fn more_requests_than_the_bound_are_answered_503_at_once(pool: PgPool) {
     }
     outcomes.sort();
     assert_eq!(outcomes, ["created", "stale"]);
-    let (status, _, body) = program.deliver("msg_free", &created("user_free")).await;
+    let (status, _, body) = program
+        .deliver("msg_free", &created_body("user_free"))
+        .await;
     assert_eq!(
         (status, &body["outcome"]),
         (200, &json!("created")),
@@ -492,12 +469,16 @@ async fn readyz_follows_the_database_and_deliveries_answer_503_while_it_is_down(
     proxy.stop();
     assert!(ready(false).await >= 500);
     assert_eq!(program.get("/healthz").await.0, 200, "the process is up");
-    let (status, retry_after, body) = program.deliver("msg_down", &created("user_down")).await;
+    let (status, retry_after, body) = program
+        .deliver("msg_down", &created_body("user_down"))
+        .await;
     assert_eq!(status, 503, "{body}");
     assert!(retry_after.is_some());
     proxy.listen().await;
     assert_eq!(ready(true).await, 200);
-    let (status, _, body) = program.deliver("msg_down", &created("user_down")).await;
+    let (status, _, body) = program
+        .deliver("msg_down", &created_body("user_down"))
+        .await;
     assert_eq!(
         (status, &body["outcome"]),
         (200, &json!("created")),
@@ -515,20 +496,20 @@ async fn no_value_from_a_body_reaches_a_log_line_or_a_response(pool: PgPool) {
     let long_name = m.repeat(10);
     let long_id = m.repeat(30);
     let cases: Vec<(String, u16)> = vec![
-        (event("user.created", user("user_m1", "m1@example.com", T0, json!({"updated_at": m}))), 400),
-        (event("user.created", user("user_m2", "m2@example.com", T0, json!({"last_sign_in_at": m}))), 400),
-        (event("user.created", user("user_m3", "m3@example.com", T0, json!({"public_metadata": {"role": m}}))), 200),
-        (event("user.created", user("user_m4", "m4@example.com", T0, json!({"public_metadata": {"role": [m]}}))), 200),
-        (event("user.created", user("user_m5", "m5@example.com", T0, json!({"first_name": long_name}))), 200),
-        (event("user.created", user("user_m6", m, T0, json!({})))  , 400),
-        (event("user.created", user("user_m7", "m7@example.com", T0, json!({"image_url": m}))), 400),
-        (event("user.created", user(&long_id, "m8@example.com", T0, json!({}))), 400),
-        (json!({"type": "user.created", "data": user("user_m9", "m9@example.com", T0, json!({})), "timestamp": m}).to_string(), 400),
+        (event_body("user.created", clerk_user("user_m1", "m1@example.com", T0, json!({"updated_at": m}))), 400),
+        (event_body("user.created", clerk_user("user_m2", "m2@example.com", T0, json!({"last_sign_in_at": m}))), 400),
+        (event_body("user.created", clerk_user("user_m3", "m3@example.com", T0, json!({"public_metadata": {"role": m}}))), 200),
+        (event_body("user.created", clerk_user("user_m4", "m4@example.com", T0, json!({"public_metadata": {"role": [m]}}))), 200),
+        (event_body("user.created", clerk_user("user_m5", "m5@example.com", T0, json!({"first_name": long_name}))), 200),
+        (event_body("user.created", clerk_user("user_m6", m, T0, json!({})))  , 400),
+        (event_body("user.created", clerk_user("user_m7", "m7@example.com", T0, json!({"image_url": m}))), 400),
+        (event_body("user.created", clerk_user(&long_id, "m8@example.com", T0, json!({}))), 400),
+        (json!({"type": "user.created", "data": clerk_user("user_m9", "m9@example.com", T0, json!({})), "timestamp": m}).to_string(), 400),
         (json!({"type": m, "data": {}}).to_string(), 200),
         (json!({"type": "user.created", "data": m}).to_string(), 400),
-        (event("user.created", user("user_m10", &format!("{m}@example.com"), T0, json!({"first_name": m, "last_name": m}))), 200),
-        (event("user.created", user("user_m11", &format!("{m}@example.com"), T0, json!({}))), 409),
-        (event("user.deleted", json!({"id": m, "deleted": true})), 200),
+        (event_body("user.created", clerk_user("user_m10", &format!("{m}@example.com"), T0, json!({"first_name": m, "last_name": m}))), 200),
+        (event_body("user.created", clerk_user("user_m11", &format!("{m}@example.com"), T0, json!({}))), 409),
+        (event_body("user.deleted", json!({"id": m, "deleted": true})), 200),
         (format!("{{\"type\": \"{m}"), 400),
     ];
     for (n, (body, expected)) in cases.iter().enumerate() {
@@ -567,9 +548,9 @@ async fn no_value_from_a_body_reaches_a_log_line_or_a_response(pool: PgPool) {
     // another name: still `user`; Clerk's role changes: Clerk's role.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let with_role = |at: i64, role: &str, name: &str| {
-        event(
+        event_body(
             "user.updated",
-            user(
+            clerk_user(
                 "user_role",
                 "role@example.com",
                 at,

@@ -1,0 +1,296 @@
+//! What the replica serves and when: a fresh replica, lag over the bound, read-your-writes under
+//! concurrency, no replicas, a write dropped mid-statement.
+use super::*;
+
+#[sqlx::test]
+async fn a_fresh_replica_serves_the_lookups(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let db = routed(&primary, &options).await;
+    let identities = users(&db, 20, "serve").await;
+    until_replica_serves(&db.session(), Duration::from_secs(10)).await;
+
+    let before = transactions_on(&options).await;
+    let reader = db.session();
+    let start = reader.stats();
+    for _ in 0..10 {
+        for (i, identity) in identities.iter().enumerate() {
+            let user = reader
+                .find_by_identity(identity)
+                .await
+                .unwrap()
+                .expect("replicated");
+            assert_eq!(user.email, format!("serve{i}@example.com"));
+        }
+        let found = reader.find_by_identities(&identities).await.unwrap();
+        assert!(found.iter().all(Option::is_some));
+    }
+    let stats = reader.stats();
+    let on_replica = stats.replicas[0] - start.replicas[0];
+    assert!(on_replica >= 200, "{stats:?}");
+    // The standby's own count agrees: its backends flush their statistics as they exit.
+    db.close().await;
+    let counted = async {
+        loop {
+            let after = transactions_on(&options).await;
+            if after - before >= 200 {
+                return after - before;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let counted = tokio::time::timeout(Duration::from_secs(20), counted).await;
+    assert!(
+        counted.is_ok(),
+        "the standby did not count 200 transactions"
+    );
+}
+
+#[sqlx::test]
+async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let db = Db::builder(primary_options(&primary))
+        .replicas([options.clone()])
+        .check_interval(CHECK)
+        .max_lag(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let identities = users(&db, 1, "lag").await;
+    let reader = db.session();
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+
+    // The standby now applies each commit 1.5 s late, and the primary keeps committing.
+    set_apply_delay(&options, "1500ms").await;
+    let writer = {
+        let primary = primary.clone();
+        tokio::spawn(async move {
+            loop {
+                sqlx::query(
+                    "UPDATE users SET updated_at = now() WHERE id = (SELECT min(id) FROM users)",
+                )
+                .execute(&primary)
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Within the bound plus a check, the replica stops serving; every look-up still answers.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !reader.serving_replicas().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the lagging replica kept serving"
+        );
+        answers(&reader, &identities[0]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = reader.stats();
+    for _ in 0..50 {
+        answers(&reader, &identities[0]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = reader.stats();
+    assert_eq!(
+        after.replicas[0], before.replicas[0],
+        "a replica 1.5 s behind served"
+    );
+    assert_eq!(after.primary - before.primary, 50);
+
+    // Back within the bound: it serves again.
+    reset_standby(&options).await;
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+    writer.abort();
+}
+
+/// The standby applies commits 300 ms late (within the 1 s bound, so it serves). Each session
+/// reads its write back at once and then up to 600 ms later: every read sees the write, and some of
+/// each session's own reads are served by the replica (those after it has replayed the write), so
+/// the replica is tested, not bypassed. Without the handle's position (the control, reading right
+/// after each write) stale answers do occur, which shows the test can see one.
+#[sqlx::test]
+async fn read_your_writes_under_concurrency(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let db = routed(&primary, &options).await;
+    let identities = users(&db, 16, "ryw").await;
+    until_replica_serves(&db.session(), Duration::from_secs(10)).await;
+    set_apply_delay(&options, "300ms").await;
+
+    let roles = [
+        Role::Admin,
+        Role::SubscriberBasic,
+        Role::SubscriberPro,
+        Role::User,
+    ];
+    // Milliseconds after the write of each read-back: before the replica can have it, and after.
+    const READ_AT: [u64; 6] = [0, 30, 150, 350, 450, 600];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (task, identity) in identities.into_iter().enumerate() {
+        let session = db.session();
+        let control = db.session();
+        tasks.spawn(async move {
+            let id = find_by_identity(session.pool(), &identity)
+                .await
+                .unwrap()
+                .unwrap()
+                .id;
+            let mut stale_in_control = 0;
+            for i in 0..12 {
+                let role = roles[(task + i) % roles.len()];
+                session.set_role(id, role).await.unwrap();
+                let written = Instant::now();
+                let other = control.find_by_identity(&identity).await.unwrap().unwrap();
+                if other.role != role {
+                    stale_in_control += 1;
+                }
+                for at in READ_AT {
+                    let at = written + Duration::from_millis(at);
+                    tokio::time::sleep_until(at.into()).await;
+                    let seen = session.find_by_identity(&identity).await.unwrap().unwrap();
+                    assert_eq!(
+                        seen.role, role,
+                        "task {task}, write {i}: read an older role"
+                    );
+                }
+            }
+            let own = session.session_stats();
+            assert_eq!(own.primary + own.replicas, 12 * READ_AT.len() as u64);
+            assert!(
+                own.replicas > 0,
+                "task {task}: none of the session's reads was served by the replica: {own:?}"
+            );
+            stale_in_control
+        });
+    }
+    let mut stale_in_control = 0;
+    while let Some(result) = tasks.join_next().await {
+        stale_in_control += result.unwrap();
+    }
+    assert!(
+        stale_in_control > 0,
+        "the control never read a stale role: the replica was not behind"
+    );
+
+    // Deactivation, 1 000 times through one handle: never seen active afterwards.
+    reset_standby(&options).await;
+    set_apply_delay(&options, "100ms").await;
+    let session = db.session();
+    let identity = Identity::parse("clerk", "user_ryw_0").unwrap();
+    let id = find_by_identity(&primary, &identity)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    for i in 0..1000 {
+        sqlx::query("UPDATE users SET is_active = true WHERE id = $1")
+            .bind(id)
+            .execute(&primary)
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            session.deactivate(id).await.unwrap();
+        } else {
+            session.set_role(id, Role::User).await.unwrap();
+            session.deactivate(id).await.unwrap();
+        }
+        let seen = session.find_by_identity(&identity).await.unwrap().unwrap();
+        assert!(
+            !seen.is_active,
+            "iteration {i}: a deactivated user looked active"
+        );
+    }
+    reset_standby(&options).await;
+}
+
+#[sqlx::test]
+async fn without_replicas_everything_is_the_primarys(primary: PgPool) {
+    let db = Db::connect(primary_options(&primary)).await.unwrap();
+    let identities = users(&db, 2, "alone").await;
+    // Without replicas no position is read after a write: a sign-in is one statement.
+    assert!(db.last_write().is_none());
+    for identity in &identities {
+        answers(&db, identity).await;
+    }
+    let stats = db.stats();
+    assert_eq!(
+        (stats.primary, stats.replicas.len(), stats.fallbacks),
+        (2, 0, 0)
+    );
+    let position = livermore_db::WalPosition(0x16_B374_D848);
+    assert_eq!(db.session_after(position).last_write(), Some(position));
+    assert_eq!(position.to_string(), "16/B374D848");
+}
+
+/// A write whose caller goes away mid-statement (its future dropped) commits after the drop: every
+/// read of the session after the commit sees it, though the standby applies 300 ms late; and the
+/// unknown position does not pin the session to the primary: the replica serves it again.
+#[sqlx::test]
+async fn a_write_dropped_mid_statement_is_read_back(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    set_apply_delay(&options, "300ms").await;
+    let db = Db::builder(primary_options(&primary))
+        .replicas([options.clone()])
+        .check_interval(CHECK)
+        .statement_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let identity = users(&db, 1, "dropped").await.remove(0);
+    let user = db.find_by_identity(&identity).await.unwrap().unwrap();
+    sqlx::query(
+        "CREATE FUNCTION slow_role() RETURNS trigger LANGUAGE plpgsql
+         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER slow_role BEFORE UPDATE OF role ON users FOR EACH ROW
+         WHEN (NEW.role = 'subscriber_pro') EXECUTE FUNCTION slow_role()",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
+    let session = db.session();
+    until_replica_serves(&session, Duration::from_secs(10)).await;
+
+    let cut = tokio::time::timeout(
+        Duration::from_millis(100),
+        session.set_role(user.id, Role::SubscriberPro),
+    )
+    .await;
+    assert!(cut.is_err(), "the write returned within 100 ms");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+            .bind(user.id.0)
+            .fetch_one(&primary)
+            .await
+            .unwrap();
+        if role == "subscriber_pro" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped write never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let committed = Instant::now();
+    while committed.elapsed() < Duration::from_millis(1200) {
+        let read = session.find_by_identity(&identity).await.unwrap().unwrap();
+        assert_eq!(
+            read.role,
+            Role::SubscriberPro,
+            "the session read its own write stale {:?} after the commit",
+            committed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the replica serves the session again",
+        || session.serving_replicas() == [0],
+    )
+    .await;
+}
