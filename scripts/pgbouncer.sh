@@ -48,7 +48,12 @@ up() {
     session) port=${LOCAL_PGBOUNCER_SESSION_PORT:-54369} ;;
     *) die "usage: $0 up transaction|session" ;;
   esac
-  LOCAL_PG_DATABASE=postgres "$(dirname "$0")/local-db.sh" up >/dev/null
+  # One `up` at a time: tests start the same instance concurrently (a second one would find the
+  # first's pid file, or a config file half written). The servers started here must not inherit
+  # the lock's descriptor (9<&-), or they would hold it for their lives.
+  exec 9<"$0"
+  flock 9
+  LOCAL_PG_DATABASE=postgres "$(dirname "$0")/local-db.sh" up >/dev/null 9<&-
   ensure_pgbouncer
   ensure_pg_bin
   choose_server_user
@@ -75,6 +80,10 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $dir/userlist.txt
 pool_mode = $mode
+# Before a server connection passes to the next client (session mode), drop that client's prepared
+# statements and session state: PgBouncer's default, set here because the crate depends on it (sqlx
+# names its statements sqlx_s_1, sqlx_s_2, ... on every connection).
+server_reset_query = DISCARD ALL
 default_pool_size = 2
 # Idle server connections close soon, so that a test database can be dropped even after a test that
 # failed before releasing them.
@@ -90,7 +99,7 @@ EOF
       die "port $port on 127.0.0.1 is taken by another server"
     fi
     say "starting PgBouncer $version ($mode mode) on 127.0.0.1:$port"
-    as_server "$(pgbouncer_bin)" -d "$dir/pgbouncer.ini" ||
+    as_server "$(pgbouncer_bin)" -d "$dir/pgbouncer.ini" 9<&- ||
       { tail -n 20 "$dir/pgbouncer.log" >&2 || true; die "PgBouncer did not start"; }
     local i
     for i in $(seq 50); do

@@ -9,9 +9,16 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use livermore_db::{Identity, Profile, Role, find_by_identity, set_role, sign_in};
-use sqlx::PgPool;
+use livermore_db::clerk::{ClerkUser, apply_batch, apply_event, apply_events, apply_user};
+use livermore_db::{
+    Email, Identity, Profile, Role, deactivate, find_by_email, find_by_id, find_by_identities,
+    find_by_identity, link_identity, list_by_role, record_login, set_role, sign_in,
+};
+use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::support::clerk::{T0, clerk_user, event};
 
 use crate::support::{key_values, local_cluster_only, run_script};
 
@@ -126,6 +133,96 @@ async fn session_mode_carries_the_crate(primary: PgPool) {
     assert!(db.last_write().is_some());
     db.close().await;
     release(pool, &primary).await;
+}
+
+/// Every function of the crate on one client connection (each of them a prepared statement, or
+/// several, on whatever server connection PgBouncer gave this client), for `n`'s own users.
+async fn every_function(conn: &mut PgConnection, n: usize) -> Result<(), livermore_db::Error> {
+    let sub = format!("user_short_{n}");
+    let email = format!("short{n}@example.com");
+    let profile = Profile::parse("clerk", &sub, &email, Some("Short"), None)?;
+    let identity = profile.identity.clone();
+    let user = sign_in(&mut *conn, &profile).await?.user.id;
+    find_by_identity(&mut *conn, &identity).await?;
+    find_by_identities(&mut *conn, std::slice::from_ref(&identity)).await?;
+    find_by_id(&mut *conn, user).await?;
+    find_by_email(&mut *conn, &Email::parse(&email)?).await?;
+    link_identity(&mut *conn, user, &identity).await?;
+    record_login(&mut *conn, user).await?;
+    set_role(&mut *conn, user, Role::SubscriberBasic).await?;
+    list_by_role(&mut *conn, Role::SubscriberBasic, None, 10).await?;
+    let clerk_sub = format!("user_short_clerk_{n}");
+    let record = clerk_user(
+        &clerk_sub,
+        &format!("shortclerk{n}@example.com"),
+        T0,
+        json!({}),
+    );
+    apply_event(&mut *conn, &event("user.created", record.clone(), T0)).await?;
+    let later = clerk_user(
+        &clerk_sub,
+        &format!("shortclerk{n}@example.com"),
+        T0 + 1,
+        json!({}),
+    );
+    let parsed: ClerkUser = serde_json::from_value(later.clone()).unwrap();
+    apply_user(&mut *conn, &parsed.to_profile()?).await?;
+    apply_batch(&mut *conn, &[(0, parsed)]).await?;
+    apply_events(&mut *conn, &[(0, event("user.updated", later, T0 + 2))]).await?;
+    let mut tx = conn.begin().await?;
+    set_role(&mut *tx, user, Role::Admin).await?;
+    deactivate(&mut *tx, user).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Session mode shares its two server connections among many short-lived clients: 8 tasks each
+/// connect, run every function of the crate and disconnect, 5 times over (40 client connections,
+/// at most 2 server connections). PgBouncer resets a server connection (`server_reset_query`,
+/// `DISCARD ALL`) before the next client gets it, so one client's prepared statements never meet
+/// the next client's (sqlx names them `sqlx_s_1`, `sqlx_s_2`, … on every connection).
+#[sqlx::test]
+async fn session_mode_shares_server_connections_among_short_clients(primary: PgPool) {
+    let bouncer = bouncer("session", &primary).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..8 {
+        let options = bouncer.options.clone();
+        tasks.spawn(async move {
+            let mut servers = Vec::new();
+            for round in 0..5 {
+                let mut conn = PgConnection::connect_with(&options).await.unwrap();
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                servers.push(pid);
+                let result = every_function(&mut conn, task * 10 + round).await;
+                conn.close().await.unwrap();
+                if let Err(e) = result {
+                    panic!("task {task}, client {round}: {e}");
+                }
+            }
+            servers
+        });
+    }
+    let mut servers = std::collections::HashSet::new();
+    let mut clients = 0;
+    while let Some(done) = tasks.join_next().await {
+        let seen = done.unwrap();
+        clients += seen.len();
+        servers.extend(seen);
+    }
+    assert_eq!(clients, 40);
+    assert!(
+        servers.len() <= 2,
+        "{} server connections for 40 clients: PgBouncer did not share them",
+        servers.len()
+    );
+    // The server connections stay in PgBouncer's pool; end them so the database can be dropped.
+    let idle = livermore_db::pool_options()
+        .max_connections(1)
+        .connect_lazy_with(bouncer.options);
+    release(idle, &primary).await;
 }
 
 /// Closes the pool and ends PgBouncer's server connections to the test's database, so that
