@@ -218,15 +218,9 @@ fn password(url: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Runs pgbench with a script for `seconds`; the rate, and with `latency` the per-transaction
-/// latencies from its log (`-l`).
-fn pgbench(
-    o: &PgConnectOptions,
-    script: &str,
-    clients: u32,
-    seconds: u64,
-    latency: bool,
-) -> Sample {
+/// Runs pgbench with a script for `seconds`: the rate and the per-transaction latencies from its
+/// log (`-l`, always on, as the library side always records every call's latency).
+fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> Sample {
     let dir = std::env::temp_dir().join(format!("livermore-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a folder for pgbench");
@@ -242,10 +236,8 @@ fn pgbench(
         ])
         .args(["-T", &seconds.to_string(), "-f"])
         .arg(&path);
-    if latency {
-        cmd.arg("-l")
-            .arg(format!("--log-prefix={}", dir.join("log").display()));
-    }
+    cmd.arg("-l")
+        .arg(format!("--log-prefix={}", dir.join("log").display()));
     let out = cmd
         .args(conn_args(o))
         .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
@@ -267,17 +259,15 @@ fn pgbench(
         .and_then(|n| n.parse().ok())
         .expect("pgbench printed tps");
     let mut latencies = Vec::new();
-    if latency {
-        for entry in std::fs::read_dir(&dir).expect("pgbench's logs").flatten() {
-            if !entry.file_name().to_string_lossy().starts_with("log") {
-                continue;
-            }
-            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            latencies.extend(
-                log.lines()
-                    .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u32>().ok()),
-            );
+    for entry in std::fs::read_dir(&dir).expect("pgbench's logs").flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("log") {
+            continue;
         }
+        let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        latencies.extend(
+            log.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u32>().ok()),
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Sample { rate, latencies }
@@ -360,6 +350,29 @@ async fn db(o: &PgConnectOptions) -> Db {
     builder.build().await.expect("connect Db")
 }
 
+/// What the run was asked for (environment variables) and where it runs.
+struct Run {
+    /// The scratch database.
+    o: PgConnectOptions,
+    seconds: u64,
+    pairs: u64,
+    only: String,
+    /// BENCH_CLIENTS=16: only the cells with that many clients (for profiling one of them).
+    only_clients: Option<u32>,
+    identities: Arc<Vec<Identity>>,
+    profiles: Arc<Vec<Profile>>,
+}
+
+impl Run {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only == part
+    }
+
+    fn with_clients(&self, clients: u32) -> bool {
+        self.only_clients.is_none_or(|c| c == clients)
+    }
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo test --all-targets` builds and runs bench targets too, without `--bench`: then only say so.
@@ -377,19 +390,60 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(default)
     };
-    let seconds = env_num("BENCH_SECONDS", 3);
-    let pairs = env_num("BENCH_PAIRS", 5);
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    // BENCH_CLIENTS=16: only the cells with that many clients (for profiling one of them).
-    let only_clients = std::env::var("BENCH_CLIENTS")
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok());
-    let runs = |part: &str| only.is_empty() || only == part;
     let server = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
-    let o = server.clone().database(DATABASE);
-    let lookup_sql = lookup_script();
-    let upsert_sql = upsert_script();
+    let run = Run {
+        o: server.clone().database(DATABASE),
+        seconds: env_num("BENCH_SECONDS", 3),
+        pairs: env_num("BENCH_PAIRS", 5),
+        only: std::env::var("BENCH_ONLY").unwrap_or_default(),
+        only_clients: std::env::var("BENCH_CLIENTS")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok()),
+        identities: Arc::new(
+            (1..=WITH_IDENTITY)
+                .map(|n| Identity::parse("clerk", &format!("user_bench_{n}")).unwrap())
+                .collect(),
+        ),
+        profiles: Arc::new(
+            (1..=WITH_IDENTITY)
+                .map(|n| {
+                    let (sub, email, name) = (
+                        format!("user_bench_{n}"),
+                        format!("bench{n}@example.com"),
+                        format!("Bench User {n}"),
+                    );
+                    Profile::parse("clerk", &sub, &email, Some(&name), None).unwrap()
+                })
+                .collect(),
+        ),
+    };
+    let (mut admin, setup) = load(&server, &run).await;
 
+    let mut cells = pgbench_cells(&run).await;
+    let mut routing_note = None;
+    if run.runs("routing") && run.with_clients(16) {
+        let (cell, note) = routing(&run).await;
+        cells.push(cell);
+        routing_note = Some(note);
+    }
+    if run.runs("backfill") {
+        cells.push(backfill(&run, &setup).await);
+    }
+    report(&cells);
+    if let Some(note) = routing_note {
+        println!("{note}");
+    }
+    setup.close().await;
+    admin
+        .execute("DROP DATABASE IF EXISTS livermore_bench WITH (FORCE)")
+        .await
+        .unwrap();
+}
+
+/// Section 1: a scratch database, migrated, with 100 000 users. Returns a connection to `postgres`
+/// (to drop it at the end) and a pool on the scratch database.
+async fn load(server: &PgConnectOptions, run: &Run) -> (sqlx::PgConnection, PgPool) {
+    let (o, seconds, pairs) = (&run.o, run.seconds, run.pairs);
     // A scratch database, migrated, with 100 000 users.
     let mut admin = server
         .clone()
@@ -405,7 +459,7 @@ async fn main() {
         .execute("CREATE DATABASE livermore_bench")
         .await
         .unwrap();
-    let setup = pool(&o, 2).await;
+    let setup = pool(o, 2).await;
     livermore_db::migrate(&setup).await.expect("migrate");
     let loaded = Instant::now();
     setup
@@ -430,207 +484,79 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let identities: Arc<Vec<Identity>> = Arc::new(
-        (1..=WITH_IDENTITY)
-            .map(|n| Identity::parse("clerk", &format!("user_bench_{n}")).unwrap())
-            .collect(),
-    );
-    let profiles: Arc<Vec<Profile>> = Arc::new(
-        (1..=WITH_IDENTITY)
-            .map(|n| {
-                let (sub, email, name) = (
-                    format!("user_bench_{n}"),
-                    format!("bench{n}@example.com"),
-                    format!("Bench User {n}"),
-                );
-                Profile::parse("clerk", &sub, &email, Some(&name), None).unwrap()
-            })
-            .collect(),
-    );
+    (admin, setup)
+}
 
+/// The cells measured against pgbench (look-ups and sign-ins), in the order run; each with the
+/// target the issues set, if any. The pool's cells carry the same targets as `Db`'s: they show what
+/// the obvious path misses.
+fn plan() -> (Vec<Cell>, Vec<(usize, &'static str, u32)>) {
     let mut cells: Vec<Cell> = Vec::new();
-    let mut routing_note: Option<String> = None;
-    let mut cell = |what: String, tool_name, unit, target, latency| {
+    let mut cell = |what: String, target| {
         cells.push(Cell {
             what,
-            unit,
-            tool_name,
+            unit: "/s",
+            tool_name: "pgbench",
             target,
             library: Vec::new(),
             tool: Vec::new(),
-            latency,
+            latency: true,
         });
         cells.len() - 1
     };
-    let mut plan: Vec<(usize, &str, u32)> = Vec::new();
-    if runs("lookup") {
-        for clients in [1, 4, 16] {
-            let i = cell(
-                format!("look-up, pool, {clients:>2} clients"),
-                "pgbench",
-                "/s",
-                None,
-                true,
-            );
-            plan.push((i, "pool", clients));
-        }
+    let lookup_target = |clients| match clients {
+        1 | 4 => Some(0.95),
+        16 | 64 => Some(2.0),
+        _ => None,
+    };
+    let mut plan = Vec::new();
+    for clients in [1, 4, 16] {
+        let i = cell(
+            format!("look-up, pool, {clients:>2} clients"),
+            lookup_target(clients),
+        );
+        plan.push((i, "pool", clients));
     }
-    if runs("lookup") || runs("db") {
-        for clients in [1, 2, 4, 8, 16, 32, 64] {
-            let i = cell(
-                format!("look-up, held conn each, {clients:>2}"),
-                "pgbench",
-                "/s",
-                None,
-                true,
-            );
-            plan.push((i, "held", clients));
-            let target = match clients {
-                1 | 4 => Some(0.95),
-                16 | 64 => Some(2.0),
-                _ => None,
-            };
-            let i = cell(
-                format!("look-up, Db, {clients:>2} clients"),
-                "pgbench",
-                "/s",
-                target,
-                true,
-            );
-            plan.push((i, "db", clients));
-        }
+    for clients in [1, 2, 4, 8, 16, 32, 64] {
+        let i = cell(format!("look-up, held conn each, {clients:>2}"), None);
+        plan.push((i, "held", clients));
+        let i = cell(
+            format!("look-up, Db, {clients:>2} clients"),
+            lookup_target(clients),
+        );
+        plan.push((i, "db", clients));
     }
-    if runs("upsert") {
-        for clients in [1, 4, 16] {
-            let i = cell(
-                format!("sign-in upsert, pool, {clients:>2} clients"),
-                "pgbench",
-                "/s",
-                None,
-                true,
-            );
-            plan.push((i, "upsert", clients));
-            let i = cell(
-                format!("sign-in upsert, Db, {clients:>2} clients"),
-                "pgbench",
-                "/s",
-                Some(0.9),
-                true,
-            );
-            plan.push((i, "upsert-db", clients));
-        }
+    for clients in [1, 4, 16] {
+        let i = cell(
+            format!("sign-in upsert, pool, {clients:>2} clients"),
+            Some(0.9),
+        );
+        plan.push((i, "upsert", clients));
+        let i = cell(
+            format!("sign-in upsert, Db, {clients:>2} clients"),
+            Some(0.9),
+        );
+        plan.push((i, "upsert-db", clients));
     }
+    (cells, plan)
+}
 
-    plan.retain(|(_, _, clients)| only_clients.is_none_or(|c| c == *clients));
+/// Sections 2 and 3: look-ups and sign-ins, each pair the library's run then pgbench's with the same
+/// statement, clients and logging (`-l` on both sides).
+async fn pgbench_cells(run: &Run) -> Vec<Cell> {
+    let (mut cells, mut plan) = plan();
+    plan.retain(|(_, kind, clients)| {
+        let part = match *kind {
+            "pool" => run.runs("lookup"),
+            "held" | "db" => run.runs("lookup") || run.runs("db"),
+            _ => run.runs("upsert"),
+        };
+        part && run.with_clients(*clients)
+    });
+    let (lookup_sql, upsert_sql) = (lookup_script(), upsert_script());
     for (i, kind, clients) in plan {
-        let latency = cells[i].latency;
-        for _ in 0..pairs {
-            let sample = match kind {
-                "pool" => {
-                    let p = pool(&o, clients).await;
-                    let ids = identities.clone();
-                    library(clients, seconds, move |n| {
-                        let (p, ids) = (p.clone(), ids.clone());
-                        async move {
-                            let found = find_by_identity(&p, &ids[(n - 1) as usize])
-                                .await
-                                .expect("look-up");
-                            assert!(found.is_some());
-                        }
-                    })
-                    .await
-                }
-                "held" => {
-                    // One connection per task: task c always uses connection c.
-                    let mut conns = Vec::new();
-                    for _ in 0..clients {
-                        conns.push(tokio::sync::Mutex::new(
-                            sqlx::PgConnection::connect_with(&o).await.expect("connect"),
-                        ));
-                    }
-                    let conns = Arc::new(conns);
-                    let ids = identities.clone();
-                    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                    library(clients, seconds, move |n| {
-                        let (conns, ids) = (conns.clone(), ids.clone());
-                        // Tasks draw users from their own sequence; each call takes a free
-                        // connection of its own (there are as many as tasks).
-                        let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        async move {
-                            let mut conn = loop {
-                                if let Some(conn) = (0..conns.len())
-                                    .find_map(|k| conns[(start + k) % conns.len()].try_lock().ok())
-                                {
-                                    break conn;
-                                }
-                                tokio::task::yield_now().await;
-                            };
-                            let found = find_by_identity(&mut *conn, &ids[(n - 1) as usize])
-                                .await
-                                .expect("look-up");
-                            assert!(found.is_some());
-                        }
-                    })
-                    .await
-                }
-                "db" => {
-                    let h = db(&o).await;
-                    let ids = identities.clone();
-                    let handle = h.clone();
-                    let sample = library(clients, seconds, move |n| {
-                        let (h, ids) = (h.clone(), ids.clone());
-                        async move {
-                            let found = h
-                                .find_by_identity(&ids[(n - 1) as usize])
-                                .await
-                                .expect("look-up");
-                            assert!(found.is_some());
-                        }
-                    })
-                    .await;
-                    let stats = handle.stats();
-                    eprintln!(
-                        "  Db, {clients} clients: {:.0}/s, {} statements, {:.1} look-ups each",
-                        sample.rate,
-                        stats.lookup_statements,
-                        stats.lookups as f64 / stats.lookup_statements.max(1) as f64
-                    );
-                    handle.close().await;
-                    sample
-                }
-                "upsert-db" => {
-                    let h = db(&o).await;
-                    let profiles = profiles.clone();
-                    let handle = h.clone();
-                    let sample = library(clients, seconds, move |n| {
-                        let (h, profiles) = (h.clone(), profiles.clone());
-                        async move {
-                            let done = h
-                                .sign_in(&profiles[(n - 1) as usize])
-                                .await
-                                .expect("sign-in");
-                            assert!(!done.created);
-                        }
-                    })
-                    .await;
-                    handle.close().await;
-                    sample
-                }
-                _ => {
-                    let p = pool(&o, clients).await;
-                    let profiles = profiles.clone();
-                    library(clients, seconds, move |n| {
-                        let (p, profiles) = (p.clone(), profiles.clone());
-                        async move {
-                            let done = sign_in(&p, &profiles[(n - 1) as usize])
-                                .await
-                                .expect("sign-in");
-                            assert!(!done.created);
-                        }
-                    })
-                    .await
-                }
-            };
+        for _ in 0..run.pairs {
+            let sample = measure(run, kind, clients).await;
             cells[i].library.push(sample);
             let script = if kind.starts_with("upsert") {
                 &upsert_sql
@@ -639,192 +565,312 @@ async fn main() {
             };
             cells[i]
                 .tool
-                .push(pgbench(&o, script, clients, seconds, latency));
+                .push(pgbench(&run.o, script, clients, run.seconds));
         }
     }
+    cells.retain(|c| !c.library.is_empty());
+    cells
+}
 
-    // Look-ups through the routing handle with one streaming standby (scripts/standby.sh) against the
-    // same handle on the primary alone, at 16 clients, interleaved. Both servers share this machine's
-    // cores: the row shows what routing costs and where look-ups went, not what a second machine adds.
-    if runs("routing") && only_clients.is_none_or(|c| c == 16) {
-        let standby = Command::new("bash")
-            .args([
-                concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/standby.sh"),
-                "up",
-            ])
-            .output()
-            .expect("run scripts/standby.sh");
-        assert!(
-            standby.status.success(),
-            "scripts/standby.sh up failed (the routing row needs the local cluster): {}",
-            String::from_utf8_lossy(&standby.stderr)
-        );
-        let standby_url = String::from_utf8(standby.stdout).unwrap();
-        let replica_options = PgConnectOptions::from_str(standby_url.trim())
-            .expect("the standby's URL")
-            .database(DATABASE);
-        let clients = 16;
-        let i = cells.len();
-        cells.push(Cell {
-            what: format!("look-up, Db + 1 standby, {clients} clients"),
-            unit: "/s",
-            tool_name: "Db, primary only",
-            target: None,
-            library: Vec::new(),
-            tool: Vec::new(),
-            latency: true,
-        });
-        // The standby is not contacted at build: it may not have replayed the new database yet, and
-        // the handle's checks wait for it.
-        let routed = Db::builder(o.clone())
-            .replicas([replica_options])
-            .build()
-            .await
-            .expect("the routing handle");
-        let alone = db(&o).await;
-        // Until the standby has replayed the load, look-ups go to the primary.
-        let waited = Instant::now();
-        while routed.serving_replicas().is_empty() {
-            assert!(
-                waited.elapsed() < Duration::from_secs(120),
-                "the standby did not catch up"
-            );
-            let _ = routed.find_by_identity(&identities[0]).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let before = routed.stats();
-        for _ in 0..pairs {
-            for (db, side) in [(&routed, 0), (&alone, 1)] {
-                let (db, ids) = (db.clone(), identities.clone());
-                let sample = library(clients, seconds, move |n| {
-                    let (db, ids) = (db.clone(), ids.clone());
-                    async move {
-                        let found = db
-                            .find_by_identity(&ids[(n - 1) as usize])
-                            .await
-                            .expect("look-up");
-                        assert!(found.is_some());
-                    }
-                })
-                .await;
-                if side == 0 {
-                    cells[i].library.push(sample);
-                } else {
-                    cells[i].tool.push(sample);
+/// One library run of a cell: `kind` of call from `clients` tasks for the run's seconds.
+async fn measure(run: &Run, kind: &str, clients: u32) -> Sample {
+    let (o, seconds) = (&run.o, run.seconds);
+    let (identities, profiles) = (&run.identities, &run.profiles);
+    match kind {
+        "pool" => {
+            let p = pool(o, clients).await;
+            let ids = identities.clone();
+            library(clients, seconds, move |n| {
+                let (p, ids) = (p.clone(), ids.clone());
+                async move {
+                    let found = find_by_identity(&p, &ids[(n - 1) as usize])
+                        .await
+                        .expect("look-up");
+                    assert!(found.is_some());
                 }
-            }
+            })
+            .await
         }
-        let after = routed.stats();
-        eprintln!(
-            "  Db + 1 standby: {} look-ups on the standby, {} on the primary, {} fallbacks",
-            after.replicas[0] - before.replicas[0],
-            after.primary - before.primary,
-            after.fallbacks - before.fallbacks
-        );
-        routing_note = Some(format!(
-            "Db + 1 standby, where look-ups went: standby {}, primary {}, fallbacks {}",
-            after.replicas[0] - before.replicas[0],
-            after.primary - before.primary,
-            after.fallbacks - before.fallbacks
-        ));
+        "held" => {
+            // One connection per task: task c always uses connection c.
+            let mut conns = Vec::new();
+            for _ in 0..clients {
+                conns.push(tokio::sync::Mutex::new(
+                    sqlx::PgConnection::connect_with(o).await.expect("connect"),
+                ));
+            }
+            let conns = Arc::new(conns);
+            let ids = identities.clone();
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            library(clients, seconds, move |n| {
+                let (conns, ids) = (conns.clone(), ids.clone());
+                // Tasks draw users from their own sequence; each call takes a free
+                // connection of its own (there are as many as tasks).
+                let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    let mut conn = loop {
+                        if let Some(conn) = (0..conns.len())
+                            .find_map(|k| conns[(start + k) % conns.len()].try_lock().ok())
+                        {
+                            break conn;
+                        }
+                        tokio::task::yield_now().await;
+                    };
+                    let found = find_by_identity(&mut *conn, &ids[(n - 1) as usize])
+                        .await
+                        .expect("look-up");
+                    assert!(found.is_some());
+                }
+            })
+            .await
+        }
+        "db" => {
+            let h = db(o).await;
+            let ids = identities.clone();
+            let handle = h.clone();
+            let sample = library(clients, seconds, move |n| {
+                let (h, ids) = (h.clone(), ids.clone());
+                async move {
+                    let found = h
+                        .find_by_identity(&ids[(n - 1) as usize])
+                        .await
+                        .expect("look-up");
+                    assert!(found.is_some());
+                }
+            })
+            .await;
+            let stats = handle.stats();
+            eprintln!(
+                "  Db, {clients} clients: {:.0}/s, {} statements, {:.1} look-ups each",
+                sample.rate,
+                stats.lookup_statements,
+                stats.lookups as f64 / stats.lookup_statements.max(1) as f64
+            );
+            handle.close().await;
+            sample
+        }
+        "upsert-db" => {
+            let h = db(o).await;
+            let profiles = profiles.clone();
+            let handle = h.clone();
+            let sample = library(clients, seconds, move |n| {
+                let (h, profiles) = (h.clone(), profiles.clone());
+                async move {
+                    let done = h
+                        .sign_in(&profiles[(n - 1) as usize])
+                        .await
+                        .expect("sign-in");
+                    assert!(!done.created);
+                }
+            })
+            .await;
+            handle.close().await;
+            sample
+        }
+        _ => {
+            let p = pool(o, clients).await;
+            let profiles = profiles.clone();
+            library(clients, seconds, move |n| {
+                let (p, profiles) = (p.clone(), profiles.clone());
+                async move {
+                    let done = sign_in(&p, &profiles[(n - 1) as usize])
+                        .await
+                        .expect("sign-in");
+                    assert!(!done.created);
+                }
+            })
+            .await
+        }
     }
+}
 
-    if runs("backfill") {
-        let i = cells.len();
-        cells.push(Cell {
-            what: format!(
-                "backfill 100k users (chunks of {})",
-                livermore_db::clerk::DEFAULT_BATCH_SIZE
-            ),
-            unit: " rows/s",
-            tool_name: "psql \\copy",
-            target: Some(0.5),
-            library: Vec::new(),
-            tool: Vec::new(),
-            latency: false,
-        });
-        let users: Vec<(usize, ClerkUser)> =
-            (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
-        // Both start from the same state: the 100 000 users loaded above, in a table of the same shape.
-        setup
-            .execute("CREATE TABLE users_copy (LIKE users INCLUDING ALL)")
-            .await
-            .unwrap();
-        setup
-            .execute("INSERT INTO users_copy SELECT * FROM users")
-            .await
-            .unwrap();
-        // The same rows for \copy, as the library writes them.
-        let csv = std::env::temp_dir().join(format!("livermore-bench-{}.csv", std::process::id()));
-        {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
-            for (_, u) in &users {
-                let p = u.to_profile().unwrap();
-                let email = p.email.expect("bench users have an address");
-                writeln!(
-                    f,
-                    "{},{},clerk,{},{},{},user,clerk,{},{},{},true",
-                    livermore_db::username_from_email(&email),
-                    email,
-                    p.subject,
-                    p.display_name.as_ref().map(|d| d.as_str()).unwrap_or(""),
-                    p.picture_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
-                    p.last_sign_in_at.unwrap().naive_utc(),
-                    p.updated_at.naive_utc(),
-                    p.updated_at.naive_utc(),
-                )
-                .unwrap();
+/// Section 5: look-ups through the routing handle with one streaming standby (scripts/standby.sh) against the
+/// same handle on the primary alone, at 16 clients, interleaved. Both servers share this machine's
+/// cores: the row shows what routing costs and where look-ups went, not what a second machine adds.
+async fn routing(run: &Run) -> (Cell, String) {
+    let (o, seconds, pairs, identities) = (&run.o, run.seconds, run.pairs, &run.identities);
+    let standby = Command::new("bash")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/standby.sh"),
+            "up",
+        ])
+        .output()
+        .expect("run scripts/standby.sh");
+    assert!(
+        standby.status.success(),
+        "scripts/standby.sh up failed (the routing row needs the local cluster): {}",
+        String::from_utf8_lossy(&standby.stderr)
+    );
+    let standby_url = String::from_utf8(standby.stdout).unwrap();
+    let replica_options = PgConnectOptions::from_str(standby_url.trim())
+        .expect("the standby's URL")
+        .database(DATABASE);
+    let clients = 16;
+    let mut cell = Cell {
+        what: format!("look-up, Db + 1 standby, {clients} clients"),
+        unit: "/s",
+        tool_name: "Db, primary only",
+        target: None,
+        library: Vec::new(),
+        tool: Vec::new(),
+        latency: true,
+    };
+    // The standby is not contacted at build: it may not have replayed the new database yet, and
+    // the handle's checks wait for it.
+    let routed = Db::builder(o.clone())
+        .replicas([replica_options])
+        .build()
+        .await
+        .expect("the routing handle");
+    let alone = db(o).await;
+    // Until the standby has replayed the load, look-ups go to the primary.
+    let waited = Instant::now();
+    while routed.serving_replicas().is_empty() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "the standby did not catch up"
+        );
+        let _ = routed.find_by_identity(&identities[0]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = routed.stats();
+    for _ in 0..pairs {
+        for (db, side) in [(&routed, 0), (&alone, 1)] {
+            let (db, ids) = (db.clone(), identities.clone());
+            let sample = library(clients, seconds, move |n| {
+                let (db, ids) = (db.clone(), ids.clone());
+                async move {
+                    let found = db
+                        .find_by_identity(&ids[(n - 1) as usize])
+                        .await
+                        .expect("look-up");
+                    assert!(found.is_some());
+                }
+            })
+            .await;
+            if side == 0 {
+                cell.library.push(sample);
+            } else {
+                cell.tool.push(sample);
             }
         }
-        let copy = format!(
-            "\\copy users_copy (username, email, identity_provider, identity_sub, display_name, identity_picture_url, role, role_source, last_login_at, identity_updated_at, identity_role_updated_at, is_active) FROM '{}' WITH (FORMAT csv)",
-            csv.display()
-        );
-        for _ in 0..pairs {
-            for table in ["users", "users_copy"] {
-                setup
-                    .execute(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM {table} WHERE identity_sub LIKE 'user\\_fill\\_%'"
-                    )))
-                    .await
-                    .unwrap();
-            }
+    }
+    let after = routed.stats();
+    eprintln!(
+        "  Db + 1 standby: {} look-ups on the standby, {} on the primary, {} fallbacks",
+        after.replicas[0] - before.replicas[0],
+        after.primary - before.primary,
+        after.fallbacks - before.fallbacks
+    );
+    let note = format!(
+        "Db + 1 standby, where look-ups went: standby {}, primary {}, fallbacks {}",
+        after.replicas[0] - before.replicas[0],
+        after.primary - before.primary,
+        after.fallbacks - before.fallbacks
+    );
+    (cell, note)
+}
+
+/// Section 4, backfill: `clerk::apply_batch` of 100 000 new Clerk users against `psql \\copy` of the same
+/// rows into a table of the same shape holding the same users; both reset between pairs.
+async fn backfill(run: &Run, setup: &PgPool) -> Cell {
+    let (o, pairs) = (&run.o, run.pairs);
+    let mut cell = Cell {
+        what: format!(
+            "backfill 100k users (chunks of {})",
+            livermore_db::clerk::DEFAULT_BATCH_SIZE
+        ),
+        unit: " rows/s",
+        tool_name: "psql \\copy",
+        target: Some(0.5),
+        library: Vec::new(),
+        tool: Vec::new(),
+        latency: false,
+    };
+    let users: Vec<(usize, ClerkUser)> = (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
+    // Both start from the same state: the 100 000 users loaded above, in a table of the same shape.
+    setup
+        .execute("CREATE TABLE users_copy (LIKE users INCLUDING ALL)")
+        .await
+        .unwrap();
+    setup
+        .execute("INSERT INTO users_copy SELECT * FROM users")
+        .await
+        .unwrap();
+    // The same rows for \copy, as the library writes them.
+    let csv = std::env::temp_dir().join(format!("livermore-bench-{}.csv", std::process::id()));
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
+        for (_, u) in &users {
+            let p = u.to_profile().unwrap();
+            let email = p.email.expect("bench users have an address");
+            writeln!(
+                f,
+                "{},{},clerk,{},{},{},user,clerk,{},{},{},true",
+                livermore_db::username_from_email(&email),
+                email,
+                p.subject,
+                p.display_name.as_ref().map(|d| d.as_str()).unwrap_or(""),
+                p.picture_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
+                p.last_sign_in_at.unwrap().naive_utc(),
+                p.updated_at.naive_utc(),
+                p.updated_at.naive_utc(),
+            )
+            .unwrap();
+        }
+    }
+    let copy = format!(
+        "\\copy users_copy (username, email, identity_provider, identity_sub, display_name, identity_picture_url, role, role_source, last_login_at, identity_updated_at, identity_role_updated_at, is_active) FROM '{}' WITH (FORMAT csv)",
+        csv.display()
+    );
+    for _ in 0..pairs {
+        for table in ["users", "users_copy"] {
             setup
-                .execute("VACUUM ANALYZE users, users_copy")
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE identity_sub LIKE 'user\\_fill\\_%'"
+                )))
                 .await
                 .unwrap();
-            let mut conn = setup.acquire().await.unwrap();
-            let started = Instant::now();
-            let report = apply_batch(&mut *conn, &users).await.expect("backfill");
-            let rate = f64::from(USERS) / started.elapsed().as_secs_f64();
-            assert_eq!(report.created, USERS as usize);
-            drop(conn);
-            cells[i].library.push(Sample {
-                rate,
-                latencies: Vec::new(),
-            });
-
-            let started = Instant::now();
-            let out = Command::new(pg_tool("psql"))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
-                .args(conn_args(&o))
-                .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
-                .output()
-                .expect("run psql");
-            let rate = f64::from(USERS) / started.elapsed().as_secs_f64();
-            assert!(
-                out.status.success(),
-                "psql \\copy failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            cells[i].tool.push(Sample {
-                rate,
-                latencies: Vec::new(),
-            });
         }
-        let _ = std::fs::remove_file(&csv);
-    }
+        setup
+            .execute("VACUUM ANALYZE users, users_copy")
+            .await
+            .unwrap();
+        let mut conn = setup.acquire().await.unwrap();
+        let started = Instant::now();
+        let report = apply_batch(&mut *conn, &users).await.expect("backfill");
+        let rate = f64::from(USERS) / started.elapsed().as_secs_f64();
+        assert_eq!(report.created, USERS as usize);
+        drop(conn);
+        cell.library.push(Sample {
+            rate,
+            latencies: Vec::new(),
+        });
 
+        let started = Instant::now();
+        let out = Command::new(pg_tool("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
+            .args(conn_args(o))
+            .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
+            .output()
+            .expect("run psql");
+        let rate = f64::from(USERS) / started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "psql \\copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cell.tool.push(Sample {
+            rate,
+            latencies: Vec::new(),
+        });
+    }
+    let _ = std::fs::remove_file(&csv);
+    cell
+}
+
+/// The table: each cell's medians with their spread, the ratio, and the target met or not.
+fn report(cells: &[Cell]) {
     println!();
     println!(
         "{:<38} {:>24} {:>34} {:>6} {:>7}",
@@ -870,12 +916,4 @@ async fn main() {
             );
         }
     }
-    if let Some(note) = routing_note {
-        println!("{note}");
-    }
-    setup.close().await;
-    admin
-        .execute("DROP DATABASE IF EXISTS livermore_bench WITH (FORCE)")
-        .await
-        .unwrap();
 }
