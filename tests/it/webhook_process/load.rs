@@ -1,0 +1,273 @@
+//! The program under load and faults: SIGTERM with a request in flight, the deadline, more
+//! requests than the bound, slow and unsigned bodies, the database going down.
+use super::*;
+
+#[sqlx::test]
+async fn sigterm_lets_a_request_in_flight_finish_and_exits_0(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &[]).await;
+    let holder = hold_identity(&pool, "user_term").await;
+    let in_flight = tokio::spawn({
+        let http = program.http.clone();
+        async move { http.deliver("msg_term", &created_body("user_term")).await }
+    });
+    until_waiting(&pool, 1).await;
+    program.signal("TERM");
+    // Stops accepting: a new connection is refused while the request in flight goes on.
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect(program.addr()).await.is_err() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still accepting 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!in_flight.is_finished());
+    holder.rollback().await.unwrap();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    let logs = program.logs.clone();
+    assert_eq!(program.exit_code(Duration::from_secs(10)).await, Some(0));
+    let logs = logs.lock().unwrap().join("\n");
+    assert!(logs.contains("SIGTERM"), "{logs}");
+    assert_eq!(user_count(&pool).await, 1);
+}
+
+#[sqlx::test]
+async fn past_the_deadline_503_with_retry_after_and_nothing_written(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--request-deadline", "2"]).await;
+    let holder = hold_identity(&pool, "user_late").await;
+    let started = Instant::now();
+    let (status, retry_after, body) = program
+        .deliver("msg_late", &created_body("user_late"))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some(), "503 says when to retry");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
+        "answered after {took:?}, the deadline is 2 s"
+    );
+    // The server gave up too: no delivery still waits, and once the lock is free nothing appears.
+    until_no_waiting(&pool).await;
+    holder.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(user_count(&pool).await, 0);
+    // The same delivery, retried with the identity free, applies.
+    let (status, _, body) = program
+        .deliver("msg_late", &created_body("user_late"))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+}
+
+#[sqlx::test]
+async fn more_requests_than_the_bound_are_answered_503_at_once(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--max-in-flight", "2"]).await;
+    let holder = hold_identity(&pool, "user_busy").await;
+    let mut waiting = Vec::new();
+    for k in 0..2 {
+        let http = program.http.clone();
+        waiting.push(tokio::spawn(async move {
+            http.deliver(&format!("msg_busy{k}"), &created_body("user_busy"))
+                .await
+        }));
+    }
+    until_waiting(&pool, 2).await;
+    let started = Instant::now();
+    let (status, retry_after, body) = program
+        .deliver("msg_free", &created_body("user_free"))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    holder.rollback().await.unwrap();
+    let mut outcomes = Vec::new();
+    for task in waiting {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        outcomes.push(body["outcome"].as_str().unwrap().to_owned());
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["created", "stale"]);
+    let (status, _, body) = program
+        .deliver("msg_free", &created_body("user_free"))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+}
+
+/// Sends a request's head declaring a 1 MiB body, then the body 1 KiB every 20 ms (20 s in all), and
+/// returns the first line of the answer and how long after the head it came.
+async fn answer_to_a_slow_body(program: &Program, headers: &str) -> (String, Duration) {
+    let stream = TcpStream::connect(program.addr()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /webhooks/clerk HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: 1048576\r\n{headers}\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        for _ in 0..1024 {
+            if writer.write_all(&[b' '; 1024]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), reader.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    sending.abort();
+    let text = String::from_utf8_lossy(&answer);
+    (text.lines().next().unwrap_or_default().to_owned(), took)
+}
+
+#[sqlx::test]
+async fn a_request_without_signature_headers_is_refused_before_its_body(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &[]).await;
+    let t = now();
+    for headers in [
+        String::new(),
+        format!("svix-id: msg_1\r\nsvix-timestamp: {t}\r\n"),
+        "svix-id: msg_1\r\nsvix-timestamp: yesterday\r\nsvix-signature: v1,AAAA\r\n".to_owned(),
+        format!(
+            "svix-id: msg_1\r\nsvix-timestamp: {}\r\nsvix-signature: v1,AAAA\r\n",
+            t - 3600
+        ),
+    ] {
+        let (status_line, took) = answer_to_a_slow_body(&program, &headers).await;
+        assert!(
+            status_line.starts_with("HTTP/1.1 401"),
+            "{headers:?}: {status_line}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "{headers:?}: answered after {took:?}, the body takes 20 s"
+        );
+    }
+    assert_eq!(user_count(&pool).await, 0);
+}
+
+/// A TCP proxy in front of the test's PostgreSQL: stopping it is the database going away for the
+/// program (connections cut, new ones refused), starting it again brings it back on the same port.
+struct Proxy {
+    port: u16,
+    target: String,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let mut proxy = Proxy {
+            port: 0,
+            target,
+            tasks: tokio::task::JoinSet::new(),
+        };
+        proxy.listen().await;
+        proxy
+    }
+
+    async fn listen(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let target = self.target.clone();
+        let connections = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
+        self.tasks.spawn(async move {
+            // Owned here: aborting this task drops them all, cutting every connection.
+            let _connections = connections.clone();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = target.clone();
+                connections.lock().unwrap().spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+    }
+
+    fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+#[sqlx::test]
+async fn readyz_follows_the_database_and_deliveries_answer_503_while_it_is_down(pool: PgPool) {
+    let mut url = url_of(&pool);
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let mut proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    let program = Program::start(url.as_str(), &["--request-deadline", "3"]).await;
+
+    let ready = |expect_ok: bool| {
+        let program = &program;
+        async move {
+            let started = Instant::now();
+            loop {
+                let asked = Instant::now();
+                let (status, _) = program.get("/readyz").await;
+                assert!(
+                    asked.elapsed() < Duration::from_millis(1900),
+                    "/readyz took {:?}",
+                    asked.elapsed()
+                );
+                if (status == 200) == expect_ok {
+                    return status;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "/readyz still {status} after 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(ready(true).await, 200);
+    proxy.stop();
+    assert!(ready(false).await >= 500);
+    assert_eq!(program.get("/healthz").await.0, 200, "the process is up");
+    let (status, retry_after, body) = program
+        .deliver("msg_down", &created_body("user_down"))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some());
+    proxy.listen().await;
+    assert_eq!(ready(true).await, 200);
+    let (status, _, body) = program
+        .deliver("msg_down", &created_body("user_down"))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+}
