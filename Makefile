@@ -169,10 +169,11 @@ bench: ## Benchmarks against pgbench and psql \copy on the local server (see BEN
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) bench --bench iam
 
-lint: ## clippy with -D warnings and rustfmt --check, built offline with no database variable
+lint: ## clippy -D warnings, rustfmt --check (built offline, no database variable); squawk on migrations/
 	env -u DATABASE_URL -u LIVERMORE_DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --all-targets --all-features -- -D warnings
 	env -u DATABASE_URL -u LIVERMORE_DATABASE_URL SQLX_OFFLINE=true $(CARGO) clippy --lib -- -D warnings
 	$(CARGO) fmt --check
+	bash scripts/squawk.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt

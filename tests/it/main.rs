@@ -16,6 +16,7 @@ mod pgbouncer;
 mod replicas;
 mod restart;
 mod roles;
+mod squawk;
 mod support;
 mod users;
 #[cfg(feature = "webhook-service")]
