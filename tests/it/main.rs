@@ -10,6 +10,7 @@ mod clerk;
 mod common;
 mod held;
 mod local_cluster;
+mod locks;
 mod lookup;
 mod migrations;
 mod pgbouncer;

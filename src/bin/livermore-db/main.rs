@@ -13,6 +13,7 @@ mod drift;
 mod env;
 mod failure;
 mod import;
+mod locks;
 mod migrate;
 
 use std::path::PathBuf;

@@ -156,6 +156,7 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
         Some(conn) => conn,
         None if dry_run => {
             println!("would create database {:?}", target.database);
+            println!("locks: none on an existing table (the database is new, so is every table)");
             for m in up_migrations() {
                 println!("would apply {}", label(m.version, &m.description));
             }
@@ -188,6 +189,13 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
     if !pending.is_empty() {
         check_adoption(&mut conn, &pending).await?;
     }
+    let labels: Vec<(i64, String)> = pending
+        .iter()
+        .map(|m| (m.version, label(m.version, &m.description)))
+        .collect();
+    crate::locks::say(&mut conn, &labels)
+        .await
+        .map_err(|e| Failure::new(describe(&e)))?;
 
     if dry_run {
         for m in &pending {

@@ -83,6 +83,15 @@ async fn dry_run_changes_nothing() {
     let run = sandbox(&["migrate", "--dry-run"], "livermore_dry_run", &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("would apply 0003"));
+    // Before anything, the locks each pending migration takes, on which tables, of what size.
+    assert!(
+        run.stdout.contains(
+            "0003 users utc defaults: users (created by an earlier migration of this run): \
+             ACCESS EXCLUSIVE (blocks reads and writes)"
+        ),
+        "{}",
+        run.stdout
+    );
     let mut conn = connect("livermore_dry_run").await;
     let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
         .fetch_one(&mut conn)
