@@ -29,6 +29,7 @@
 //! BENCH_CONNECTIONS and BENCH_LOOKUP_CONNECTIONS (`Db`'s, default its own).
 // The harness sets up databases and tables at run time (clippy.toml forbids that in the crate).
 #![allow(clippy::disallowed_methods)]
+mod support;
 use std::io::Write;
 use std::process::Command;
 use std::str::FromStr;
@@ -39,6 +40,7 @@ use livermore_db::clerk::{ClerkUser, apply_batch};
 use livermore_db::{Db, Identity, Profile, find_by_identity, sign_in};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgPool};
+use support::{conn_args, password, pg_tool};
 
 const USERS: u32 = 100_000;
 const WITH_IDENTITY: u32 = 90_000;
@@ -157,67 +159,6 @@ impl XorShift {
     }
 }
 
-fn pg_tool(name: &str) -> String {
-    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin").join(name))
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.into_iter()
-        .rev()
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| name.to_owned())
-}
-
-/// Host, port and user for psql and pgbench, and the database as the last, positional argument: in
-/// pgbench `-d` is `--debug`, not the database. The password goes through PGPASSWORD, never the
-/// command line.
-fn conn_args(o: &PgConnectOptions) -> Vec<String> {
-    vec![
-        "-h".into(),
-        o.get_host().into(),
-        "-p".into(),
-        o.get_port().to_string(),
-        "-U".into(),
-        o.get_username().into(),
-        DATABASE.into(),
-    ]
-}
-
-/// The password in a `postgres://user:password@…` URL, percent-decoded; empty when there is none.
-fn password(url: &str) -> String {
-    let userinfo = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split(['/', '?']).next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .map_or("", |(userinfo, _)| userinfo);
-    let raw = userinfo.split_once(':').map_or("", |(_, p)| p);
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| raw.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Runs pgbench with a script for `seconds`: the rate and the per-transaction latencies from its
 /// log (`-l`, always on, as the library side always records every call's latency).
 fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> Sample {
@@ -239,7 +180,7 @@ fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> Sa
     cmd.arg("-l")
         .arg(format!("--log-prefix={}", dir.join("log").display()));
     let out = cmd
-        .args(conn_args(o))
+        .args(conn_args(o, DATABASE))
         .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
         .output()
         .expect("run pgbench");
@@ -850,7 +791,7 @@ async fn backfill(run: &Run, setup: &PgPool) -> Cell {
         let started = Instant::now();
         let out = Command::new(pg_tool("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &copy])
-            .args(conn_args(o))
+            .args(conn_args(o, DATABASE))
             .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
             .output()
             .expect("run psql");
