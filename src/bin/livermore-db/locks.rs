@@ -131,12 +131,21 @@ pub fn of(version: i64) -> Option<&'static [Lock]> {
         .map(|(_, locks)| *locks)
 }
 
-/// A table's size as the catalog estimates it: `reltuples` (−1 before its first VACUUM or ANALYZE)
-/// and its bytes with indexes and TOAST. `None` when the table is not there.
+/// A table's size as the catalog estimates it, without opening the table (so without waiting on a
+/// lock someone holds on it): `reltuples` (−1 before its first VACUUM or ANALYZE) and the pages of the
+/// table, its indexes and its TOAST table, in bytes. `None` when the table is not there.
 async fn size_of(conn: &mut PgConnection, table: &str) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT c.reltuples::int8 AS "rows!", pg_total_relation_size(c.oid) AS "bytes!"
-           FROM pg_class c WHERE c.oid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident($1))"#,
+        r#"SELECT c.reltuples::int8 AS "rows!",
+                  ((c.relpages
+                    + coalesce((SELECT sum(ic.relpages) FROM pg_index i
+                                JOIN pg_class ic ON ic.oid = i.indexrelid
+                                WHERE i.indrelid = c.oid), 0)
+                    + coalesce((SELECT t.relpages FROM pg_class t WHERE t.oid = c.reltoastrelid), 0))
+                   * current_setting('block_size')::int8)::int8 AS "bytes!"
+           FROM pg_class c
+           WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = $1
+             AND c.relkind IN ('r', 'p')"#,
         table
     )
     .fetch_optional(conn)
