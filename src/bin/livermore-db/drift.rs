@@ -14,6 +14,8 @@ use crate::env::Target;
 use crate::failure::{Failure, describe};
 
 const SCRATCH: &str = "livermore_db_drift_scratch";
+/// Where the adoption check copies the live tables' structure to try the pending migrations on.
+const ADOPT_SCRATCH: &str = "livermore_db_adopt_scratch";
 
 /// One table as the catalog describes it, keyed by name for comparing.
 #[derive(Debug, Default, PartialEq)]
@@ -165,9 +167,10 @@ fn differences(live: &BTreeMap<String, Table>, expected: &BTreeMap<String, Table
 }
 
 /// The schema the migrations build (applied to a scratch schema) and the live one, read inside one
-/// transaction that is rolled back: nothing is left behind. With `apply_pending`, the live schema is
-/// read after the pending migrations have run on it inside that transaction, so that what adopting a
-/// database would leave can be checked before anything is recorded.
+/// transaction that is rolled back: nothing is left behind. With `apply_pending`, what adopting the
+/// database would leave: the pending migrations run on an empty copy of the live tables' structure
+/// (columns, defaults, constraints, indexes and comments, under their names) in a second scratch
+/// schema, and that copy is read; the live tables are only read from the catalog.
 pub async fn reference_and_live(
     conn: &mut PgConnection,
     apply_pending: bool,
@@ -198,10 +201,87 @@ pub async fn reference_and_live(
         ))
     })?;
     let expected = read_schema(&mut tx, SCRATCH, None).await.map_err(fail)?;
-    if apply_pending {
+    let managed: Vec<String> = expected.keys().cloned().collect();
+    let live = if apply_pending {
+        // The pending migrations run on an empty copy of the live tables' structure, not on the
+        // tables: on them they would take their locks (ACCESS EXCLUSIVE on users) and do their scans
+        // and index builds for as long as all of them together take (seconds at a million rows, with
+        // every read and write of users waiting; make bench-migrate).
+        sqlx::query!(
+            // The copy reads the live tables' definitions under ACCESS SHARE: like the migrations,
+            // give up after 5 s rather than queue behind a lock someone holds.
+            r#"SELECT set_config('lock_timeout', '5s', true) AS "timeout!",
+                      set_config('livermore.copy_from', $1, true) AS "from!",
+                      set_config('livermore.copy_to', $2, true) AS "to!",
+                      set_config('livermore.copy_tables', $3, true) AS "tables!""#,
+            live_schema,
+            ADOPT_SCRATCH,
+            managed.join(",")
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(fail)?;
+        sqlx::query!(
+            r#"DO $copy$
+            DECLARE
+                src constant text := current_setting('livermore.copy_from');
+                dst constant text := current_setting('livermore.copy_to');
+                t text;
+                rel regclass;
+                r record;
+                seq text[];
+            BEGIN
+                EXECUTE format('CREATE SCHEMA %I', dst);
+                FOREACH t IN ARRAY string_to_array(current_setting('livermore.copy_tables'), ',') LOOP
+                    rel := to_regclass(format('%I.%I', src, t));
+                    CONTINUE WHEN rel IS NULL;
+                    -- Columns with their types, NOT NULL, defaults and comments.
+                    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING COMMENTS '
+                                   'INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE)', dst, t, rel);
+                    IF obj_description(rel, 'pg_class') IS NOT NULL THEN
+                        EXECUTE format('COMMENT ON TABLE %I.%I IS %L', dst, t, obj_description(rel, 'pg_class'));
+                    END IF;
+                    -- A serial column's sequence, copied, so that its default reads the same.
+                    FOR r IN SELECT a.attname, pg_get_serial_sequence(rel::text, a.attname) AS owned
+                             FROM pg_attribute a
+                             WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped LOOP
+                        CONTINUE WHEN r.owned IS NULL;
+                        seq := parse_ident(r.owned);
+                        EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %I.%I', dst, seq[array_upper(seq, 1)]);
+                        EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT nextval(%L::regclass)',
+                                       dst, t, r.attname, format('%I.%I', dst, seq[array_upper(seq, 1)]));
+                    END LOOP;
+                    -- Constraints under their names (NOT VALID kept), with their comments; not foreign
+                    -- keys, which would lock the tables they reference.
+                    FOR r IN SELECT conname, pg_get_constraintdef(oid) AS def,
+                                    obj_description(oid, 'pg_constraint') AS note
+                             FROM pg_constraint WHERE conrelid = rel AND contype <> 'f' LOOP
+                        EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', dst, t, r.conname, r.def);
+                        IF r.note IS NOT NULL THEN
+                            EXECUTE format('COMMENT ON CONSTRAINT %I ON %I.%I IS %L', r.conname, dst, t, r.note);
+                        END IF;
+                    END LOOP;
+                    -- The other indexes, under their names, with their comments.
+                    FOR r IN SELECT ic.relname, pg_get_indexdef(i.indexrelid) AS def,
+                                    obj_description(i.indexrelid, 'pg_class') AS note
+                             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                             WHERE i.indrelid = rel
+                               AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid) LOOP
+                        EXECUTE replace(r.def, format(' ON %s ', rel::text), format(' ON %I.%I ', dst, t));
+                        IF r.note IS NOT NULL THEN
+                            EXECUTE format('COMMENT ON INDEX %I.%I IS %L', dst, r.relname, r.note);
+                        END IF;
+                    END LOOP;
+                END LOOP;
+            END
+            $copy$"#
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
         sqlx::query_scalar!(
             r#"SELECT set_config('search_path', quote_ident($1), true) AS "path!""#,
-            live_schema
+            ADOPT_SCRATCH
         )
         .fetch_one(&mut *tx)
         .await
@@ -210,11 +290,14 @@ pub async fn reference_and_live(
             .run(&mut *tx)
             .await
             .map_err(|e| Failure::new(format!("trying the pending migrations failed: {e}")))?;
-    }
-    let managed: Vec<String> = expected.keys().cloned().collect();
-    let live = read_schema(&mut tx, &live_schema, Some(&managed))
-        .await
-        .map_err(fail)?;
+        read_schema(&mut tx, ADOPT_SCRATCH, Some(&managed))
+            .await
+            .map_err(fail)?
+    } else {
+        read_schema(&mut tx, &live_schema, Some(&managed))
+            .await
+            .map_err(fail)?
+    };
     tx.rollback().await.map_err(fail)?;
     Ok((expected, live))
 }

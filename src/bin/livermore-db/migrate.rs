@@ -235,8 +235,9 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
 
 /// Before a database whose `users` was not made by these migrations is adopted: refuses a `users`
 /// that lives in another schema on the search path (the migrations would create a second, empty one),
-/// and tries the pending migrations in a transaction that is rolled back, comparing what they would
-/// leave with what they create on an empty database. Any difference (a nullable `role`, a length, a
+/// and tries the pending migrations on an empty copy of the live tables' structure, in a transaction
+/// that is rolled back (the live tables are only read from the catalog: no lock is waited on, no row
+/// read), comparing what they would leave with what they create on an empty database. Any difference (a nullable `role`, a length, a
 /// non-unique index, a constraint under another name, …) is listed and nothing is changed.
 async fn check_adoption(conn: &mut PgConnection, pending: &[&Migration]) -> Result<(), Failure> {
     let found = sqlx::query!(

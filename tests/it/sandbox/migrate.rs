@@ -212,6 +212,43 @@ async fn adopt(database: &str, fixture: &'static str) {
     );
 }
 
+/// The adoption check tries the pending migrations on an empty copy of the table's structure, not on
+/// the table: a write in progress on users (an open transaction holding ROW EXCLUSIVE, as any sign-in
+/// does) does not hold it up, where the migrations' own ACCESS EXCLUSIVE would wait and time out.
+#[tokio::test]
+async fn the_adoption_check_waits_on_no_write() {
+    let database = "livermore_adopt_busy";
+    fresh(database).await;
+    create(database).await;
+    let mut conn = connect(database).await;
+    sqlx::raw_sql(include_str!("../fixtures/old_schema_with_iam.sql"))
+        .execute(&mut conn)
+        .await
+        .expect("load the old schema");
+    let mut traffic = connect(database).await;
+    let mut tx = traffic.begin().await.unwrap();
+    sqlx::query("UPDATE users SET updated_at = now() WHERE username = 'ada'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let run =
+        tokio::task::spawn_blocking(move || sandbox(&["migrate", "--dry-run"], database, &[]))
+            .await
+            .unwrap();
+    let took = started.elapsed();
+    tx.rollback().await.unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("adopting an existing users table"),
+        "{}",
+        run.stdout
+    );
+    // Well under the migrations' 5 s lock timeout.
+    assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
+}
+
 #[tokio::test]
 async fn adopts_a_pre_iam_database() {
     adopt(
