@@ -79,13 +79,7 @@ async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
 async fn a_promoted_standby_is_refused(primary: PgPool) {
     let (_turn, options) = take_standby(&primary).await;
     // A bound far longer than the test: only the check of recovery can take the replica out.
-    let db = Db::builder(primary_options(&primary))
-        .replicas([options.clone()])
-        .check_interval(CHECK)
-        .max_lag(Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let db = routed_with_lag(&primary, &options, Duration::from_secs(60)).await;
     let identities = users(&db, 1, "promoted").await;
     let reader = db.session();
     until_replayed(&primary, &options).await;
@@ -133,13 +127,7 @@ async fn a_promoted_standby_is_refused(primary: PgPool) {
 async fn a_standby_cut_off_from_its_primary(primary: PgPool) {
     let (_turn, options) = take_standby(&primary).await;
     let max_lag = Duration::from_millis(500);
-    let db = Db::builder(primary_options(&primary))
-        .replicas([options.clone()])
-        .check_interval(CHECK)
-        .max_lag(max_lag)
-        .build()
-        .await
-        .unwrap();
+    let db = routed_with_lag(&primary, &options, max_lag).await;
     let identities = users(&db, 1, "cut").await;
     let reader = db.session();
     until_replayed(&primary, &options).await;

@@ -131,10 +131,17 @@ fn primary_options(primary: &PgPool) -> PgConnectOptions {
     primary.connect_options().as_ref().clone()
 }
 
+/// A handle on the test's database with the standby as its replica, checked every `CHECK`.
 async fn routed(primary: &PgPool, replica: &PgConnectOptions) -> Db {
+    routed_with_lag(primary, replica, livermore_db::DEFAULT_MAX_LAG).await
+}
+
+/// The same with a `max_lag` of the test's own.
+async fn routed_with_lag(primary: &PgPool, replica: &PgConnectOptions, max_lag: Duration) -> Db {
     Db::builder(primary_options(primary))
         .replicas([replica.clone()])
         .check_interval(CHECK)
+        .max_lag(max_lag)
         .build()
         .await
         .unwrap()

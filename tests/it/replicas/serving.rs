@@ -48,13 +48,7 @@ async fn a_fresh_replica_serves_the_lookups(primary: PgPool) {
 #[sqlx::test]
 async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
     let (_turn, options) = take_standby(&primary).await;
-    let db = Db::builder(primary_options(&primary))
-        .replicas([options.clone()])
-        .check_interval(CHECK)
-        .max_lag(Duration::from_millis(500))
-        .build()
-        .await
-        .unwrap();
+    let db = routed_with_lag(&primary, &options, Duration::from_millis(500)).await;
     let identities = users(&db, 1, "lag").await;
     let reader = db.session();
     until_replica_serves(&reader, Duration::from_secs(10)).await;

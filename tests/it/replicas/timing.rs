@@ -148,13 +148,7 @@ async fn a_busy_primary_does_not_starve_the_checks(primary: PgPool) {
 #[ignore = "timing: make test runs it alone (cargo test -- --ignored --test-threads=1)"]
 async fn an_idle_primary_at_a_wal_boundary_keeps_its_replica(primary: PgPool) {
     let (_turn, options) = take_standby(&primary).await;
-    let db = Db::builder(primary_options(&primary))
-        .replicas([options.clone()])
-        .check_interval(CHECK)
-        .max_lag(Duration::from_millis(500))
-        .build()
-        .await
-        .unwrap();
+    let db = routed_with_lag(&primary, &options, Duration::from_millis(500)).await;
     users(&db, 1, "idle").await;
     sqlx::query("SELECT pg_switch_wal()")
         .execute(&primary)
