@@ -136,12 +136,13 @@ impl Written {
 }
 
 /// The primary's flushed position (the check task's samples) and its cluster's `system_identifier`.
-/// Every synchronous commit that has returned ends at or before that position. Not the insert position: records not flushed yet (a row lock of an
-/// open transaction, a page pruned by a reader) can stay unflushed on an idle primary for as long as
-/// the transaction lasts (the WAL writer flushes complete pages only), and no standby can replay
-/// them; nor does the insert position stop at a page boundary where replay does. A commit with
-/// `synchronous_commit = off` is flushed by the WAL writer within three `wal_writer_delay`s (600 ms
-/// by default), so for such writes the bound is `max_lag` plus that.
+/// Every synchronous commit that has returned ends at or before that position. Not the insert
+/// position: records not flushed yet (a row lock of an open transaction, a page pruned by a reader)
+/// can stay unflushed on an idle primary for as long as the transaction lasts (the WAL writer flushes
+/// complete pages only), and no standby can replay them; nor does the insert position stop at a
+/// page boundary where replay does. A commit with `synchronous_commit = off` is flushed by the WAL
+/// writer within three `wal_writer_delay`s (600 ms by default), so for such writes the bound is
+/// `max_lag` plus that.
 pub(crate) async fn sample_position(conn: &mut PgConnection) -> Result<(u64, i64), Error> {
     let row = sqlx::query!(
         r#"SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8 AS "lsn!",
@@ -196,6 +197,18 @@ async fn replica_status(conn: &mut PgConnection) -> Result<ReplicaStatus, Error>
     })
 }
 
+/// A replica's replay position, while it is replaying (in recovery, not paused); what a probe reads
+/// after a write, on the look-ups' path. Its cluster is the periodic check's to read.
+async fn replayed_now(conn: &mut PgConnection) -> Result<Option<i64>, Error> {
+    let replayed = sqlx::query_scalar!(
+        r#"SELECT CASE WHEN pg_is_in_recovery() AND NOT pg_is_wal_replay_paused()
+                       THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 END AS "replayed""#
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(replayed)
+}
+
 /// Reads a replica's replay position now, one read in flight per replica, and wakes the look-ups
 /// waiting for it: after a write, look-ups come back to the replica as soon as it has replayed the
 /// write.
@@ -209,16 +222,10 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
         let replica = &shared.replicas[index];
         let read = async {
             let mut lease = replica.node.lease().await?;
-            let status = replica_status(lease.conn()).await;
-            lease.finish(status)
+            let replayed = replayed_now(lease.conn()).await;
+            lease.finish(replayed)
         };
-        if let Ok(Ok(ReplicaStatus {
-            in_recovery: true,
-            replayed: Some(replayed),
-            paused: false,
-            ..
-        })) = tokio::time::timeout(shared.replica_timeout, read).await
-        {
+        if let Ok(Ok(Some(replayed))) = tokio::time::timeout(shared.replica_timeout, read).await {
             replica
                 .replayed
                 .fetch_max(u64::try_from(replayed).unwrap_or(0), Ordering::AcqRel);
