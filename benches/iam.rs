@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use livermore_db::clerk::{ClerkUser, apply_batch};
 use livermore_db::{Db, Identity, Profile, find_by_identity, sign_in};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, Executor, PgPool};
-use support::{conn_args, password, pg_tool};
+use sqlx::{Connection, Executor, PgPool};
+use support::{Scratch, conn_args, password, pg_tool};
 
 const USERS: u32 = 100_000;
 const WITH_IDENTITY: u32 = 90_000;
@@ -358,7 +358,7 @@ async fn main() {
                 .collect(),
         ),
     };
-    let (mut admin, setup) = load(&server, &run).await;
+    let (scratch, setup) = load(&server, &run).await;
 
     let mut cells = pgbench_cells(&run).await;
     let mut routing_note = None;
@@ -375,31 +375,13 @@ async fn main() {
         println!("{note}");
     }
     setup.close().await;
-    admin
-        .execute("DROP DATABASE IF EXISTS livermore_bench WITH (FORCE)")
-        .await
-        .unwrap();
+    scratch.drop().await;
 }
 
-/// Section 1: a scratch database, migrated, with 100 000 users. Returns a connection to `postgres`
-/// (to drop it at the end) and a pool on the scratch database.
-async fn load(server: &PgConnectOptions, run: &Run) -> (sqlx::PgConnection, PgPool) {
+/// Section 1: a scratch database, migrated, with 100 000 users, and a pool on it.
+async fn load(server: &PgConnectOptions, run: &Run) -> (Scratch, PgPool) {
     let (o, seconds, pairs) = (&run.o, run.seconds, run.pairs);
-    // A scratch database, migrated, with 100 000 users.
-    let mut admin = server
-        .clone()
-        .database("postgres")
-        .connect()
-        .await
-        .expect("connect");
-    admin
-        .execute("DROP DATABASE IF EXISTS livermore_bench WITH (FORCE)")
-        .await
-        .unwrap();
-    admin
-        .execute("CREATE DATABASE livermore_bench")
-        .await
-        .unwrap();
+    let scratch = Scratch::create(server, DATABASE).await;
     let setup = pool(o, 2).await;
     livermore_db::migrate(&setup).await.expect("migrate");
     let loaded = Instant::now();
@@ -425,7 +407,7 @@ async fn load(server: &PgConnectOptions, run: &Run) -> (sqlx::PgConnection, PgPo
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    (admin, setup)
+    (scratch, setup)
 }
 
 /// The cells measured against pgbench (look-ups and sign-ins), in the order run; each with the

@@ -26,8 +26,13 @@
 //! statements do: a prepared `SELECT *` fails once a migration adds a column ("cached plan must not
 //! change result type").
 //!
+//! Every path runs `BENCH_MIGRATE_RUNS` times (default 3), interleaved (each path once, then each
+//! again), each run on a database filled anew; each figure is reported as its median over the runs
+//! with its spread (min-max), and a step is flagged when any run waited over 1 s.
+//!
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_MIGRATE_ROWS
-//! (default 1 000 000), BENCH_MIGRATE_RATE, BENCH_MIGRATE_PATHS (comma-separated, default all three).
+//! (default 1 000 000), BENCH_MIGRATE_RATE, BENCH_MIGRATE_PATHS (comma-separated, default all three),
+//! BENCH_MIGRATE_RUNS.
 #![allow(clippy::disallowed_methods)]
 mod support;
 
@@ -40,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor, PgConnection};
-use support::{conn_args, password, pg_tool};
+use support::{Scratch, conn_args, password, pg_tool};
 
 #[path = "../src/bin/livermore-db/locks.rs"]
 #[allow(dead_code)]
@@ -107,20 +112,48 @@ async fn main() {
     let rate: u64 = env_num("BENCH_MIGRATE_RATE", 200);
     let paths = std::env::var("BENCH_MIGRATE_PATHS")
         .unwrap_or_else(|_| "created,with-iam,pre-iam".to_owned());
-    let secret = password(&url);
-    let mut results = Vec::new();
-    for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let path: &'static str = match path {
+    let runs = env_num("BENCH_MIGRATE_RUNS", 3);
+    let paths: Vec<&'static str> = paths
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|path| match path {
             "created" => "created",
             "with-iam" => "with-iam",
             "pre-iam" => "pre-iam",
             other => {
                 panic!("BENCH_MIGRATE_PATHS: unknown path {other:?} (created, with-iam, pre-iam)")
             }
-        };
-        results.push(measure(&server, &url, &secret, path, rows, rate).await);
+        })
+        .collect();
+    idle_slots_refused(&server).await;
+    let secret = password(&url);
+    // Interleaved: every path once, then every path again.
+    let mut results = Vec::new();
+    for run in 1..=runs {
+        for &path in &paths {
+            eprintln!("run {run} of {runs}, {path}");
+            results.push(measure(&server, &secret, path, rows, rate).await);
+        }
     }
-    report(&results);
+    report(&results, &paths);
+}
+
+/// Stops before loading anything while a replication slot is inactive (the tests' standby stopped,
+/// say): the server keeps every WAL segment for it, and the loads write gigabytes (a run at
+/// 10 000 000 rows filled the disk that way).
+async fn idle_slots_refused(server: &PgConnectOptions) {
+    let mut conn = server.clone().database("postgres").connect().await.unwrap();
+    let idle: Vec<String> =
+        sqlx::query_scalar("SELECT slot_name::text FROM pg_replication_slots WHERE NOT active")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        idle.is_empty(),
+        "inactive replication slots {idle:?} would keep all the WAL the loads write: start their \
+         standby (scripts/standby.sh up) or drop them, then run again"
+    );
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -130,24 +163,9 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A fresh database in the path's starting shape, filled with `rows` users.
-async fn prepare(server: &PgConnectOptions, path: &str, rows: u64) -> PgConnection {
-    let mut admin = server
-        .clone()
-        .database("postgres")
-        .connect()
-        .await
-        .expect("connect");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"
-        )))
-        .await
-        .unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}")))
-        .await
-        .unwrap();
+/// A fresh database in the path's starting shape, filled with `rows` users, and a connection to it.
+async fn prepare(server: &PgConnectOptions, path: &str, rows: u64) -> (Scratch, PgConnection) {
+    let scratch = Scratch::create(server, DATABASE).await;
     let mut conn = server.clone().database(DATABASE).connect().await.unwrap();
     let loaded = Instant::now();
     let with_iam = match path {
@@ -202,7 +220,7 @@ async fn prepare(server: &PgConnectOptions, path: &str, rows: u64) -> PgConnecti
         loaded.elapsed().as_secs_f64()
     );
     quiet(&mut conn).await;
-    conn
+    (scratch, conn)
 }
 
 /// Waits until every standby streaming from this server (the tests' own, `scripts/standby.sh`) has
@@ -339,33 +357,20 @@ async fn watch_locks(o: PgConnectOptions, stop: Arc<AtomicBool>) -> Vec<(i64, Mo
 /// One path: prepare, start the load, apply the pending migrations with the operator command, stop.
 async fn measure(
     server: &PgConnectOptions,
-    url: &str,
     secret: &str,
     path: &'static str,
     rows: u64,
     rate: u64,
 ) -> Measured {
-    let setup = prepare(server, path, rows).await;
+    let (scratch, setup) = prepare(server, path, rows).await;
     let stop = Arc::new(AtomicBool::new(false));
     let pgbench = load(server, secret, rows, rate, stop.clone());
     let watcher = tokio::spawn(watch_locks(server.clone(), stop.clone()));
     // A lead-in under load alone: the floor of the waits on this machine.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let database_url = {
-        let mut u = url.to_owned();
-        // The server's URL with the benchmark's database as its path.
-        let path_start = u.find("://").map_or(0, |i| i + 3);
-        let slash = u[path_start..].find('/').map(|i| path_start + i);
-        let query = u.find('?');
-        match (slash, query) {
-            (Some(s), Some(q)) => u.replace_range(s..q, &format!("/{DATABASE}")),
-            (Some(s), None) => u.replace_range(s.., &format!("/{DATABASE}")),
-            (None, Some(q)) => u.insert_str(q, &format!("/{DATABASE}")),
-            (None, None) => u.push_str(&format!("/{DATABASE}")),
-        }
-        u
-    };
+    // The server's URL with the benchmark's database (the password included: sqlx keeps it).
+    let database_url = server.clone().database(DATABASE).to_url_lossy().to_string();
     let launched_us = now_us();
     let mut child = Command::new(env!("CARGO_BIN_EXE_livermore-db"))
         .args(["--env", "local", "migrate"])
@@ -391,6 +396,7 @@ async fn measure(
     let transactions = pgbench.join().expect("pgbench's thread");
     let locks = watcher.await.unwrap();
     drop(setup);
+    scratch.drop().await;
 
     // "applied 0002 users iam (1234 ms)", printed as each migration commits.
     let applied: Vec<Applied> = lines
@@ -455,10 +461,6 @@ fn longest(
         })
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
-
 fn mode_name(mode: Option<Mode>) -> &'static str {
     match mode {
         None => "-",
@@ -470,91 +472,114 @@ fn mode_name(mode: Option<Mode>) -> &'static str {
     }
 }
 
-fn report(results: &[Measured]) {
+/// One row of a run: a step (the command's start-up, or a migration) and what it measured.
+struct Step {
+    label: String,
+    duration: Duration,
+    read: Duration,
+    write: Duration,
+    seen: Option<Mode>,
+    declared: Option<Mode>,
+}
+
+/// The steps of one run: the command's start-up (to its first migration), then each migration.
+fn steps(m: &Measured) -> Vec<Step> {
+    let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+    let seen = |from_us: i64, to_us: i64| {
+        m.locks
+            .iter()
+            .filter(|(at, _)| *at >= from_us && *at <= to_us)
+            .map(|(_, mode)| *mode)
+            .max()
+    };
+    let first = m.applied.first().map_or(m.launched_us, |a| a.from_us);
+    let mut out = vec![Step {
+        label: "(start-up, adoption check)".to_owned(),
+        duration: micros(first - m.launched_us),
+        read: longest(&m.transactions, Some(0), m.launched_us, first),
+        write: longest(&m.transactions, Some(1), m.launched_us, first),
+        seen: seen(m.launched_us, first - 1),
+        declared: None,
+    }];
+    for a in &m.applied {
+        out.push(Step {
+            label: a.label.clone(),
+            duration: micros(a.to_us - a.from_us),
+            read: longest(&m.transactions, Some(0), a.from_us, a.to_us),
+            write: longest(&m.transactions, Some(1), a.from_us, a.to_us),
+            seen: seen(a.from_us, a.to_us),
+            declared: declared::of(a.version).and_then(|locks| {
+                locks
+                    .iter()
+                    .filter(|l| l.table == "users")
+                    .map(|l| l.mode)
+                    .max()
+            }),
+        });
+    }
+    out
+}
+
+/// `median (min-max)` of one figure over the runs.
+fn spread(values: &[Duration]) -> String {
+    let mut v: Vec<f64> = values.iter().map(Duration::as_secs_f64).collect();
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    format!("{median:.2} ({:.2}-{:.2})", v[0], v[v.len() - 1])
+}
+
+/// Per path and step, each figure's median over the runs with its spread (min-max); the strongest
+/// lock seen in any run; flagged when any run waited over the goal.
+fn report(results: &[Measured], paths: &[&'static str]) {
     println!();
     println!(
-        "{:<9} {:>10} {:<26} {:>9} {:>13} {:>13} {:<18} {:<18}",
+        "seconds, median (min-max) over {} interleaved runs",
+        results.len() / paths.len().max(1)
+    );
+    println!(
+        "{:<9} {:>10} {:<26} {:>18} {:>18} {:>18} {:<18} {:<18}",
         "path",
         "rows",
-        "migration",
+        "step",
         "duration",
         "longest read",
         "longest write",
         "lock seen",
         "lock declared"
     );
-    for m in results {
-        let first = m.applied.first().map_or(m.launched_us, |a| a.from_us);
-        let check = (
-            longest(&m.transactions, Some(0), m.launched_us, first),
-            longest(&m.transactions, Some(1), m.launched_us, first),
-        );
-        let seen_check = m
-            .locks
-            .iter()
-            .filter(|(at, _)| *at >= m.launched_us && *at < first)
-            .map(|(_, mode)| *mode)
-            .max();
-        println!(
-            "{:<9} {:>10} {:<26} {:>9} {:>13} {:>13} {:<18} {:<18}{}",
-            m.path,
-            m.rows,
-            "(start-up, adoption check)",
-            secs(Duration::from_micros(
-                u64::try_from(first - m.launched_us).unwrap_or(0)
-            )),
-            secs(check.0),
-            secs(check.1),
-            mode_name(seen_check),
-            "",
-            if check.0.max(check.1) > GOAL {
-                "  OVER 1 s"
-            } else {
-                ""
-            }
-        );
-        for a in &m.applied {
-            let read = longest(&m.transactions, Some(0), a.from_us, a.to_us);
-            let write = longest(&m.transactions, Some(1), a.from_us, a.to_us);
-            let seen = m
-                .locks
-                .iter()
-                .filter(|(at, _)| *at >= a.from_us && *at <= a.to_us)
-                .map(|(_, mode)| *mode)
-                .max();
-            let declared = declared::of(a.version).and_then(|locks| {
-                locks
-                    .iter()
-                    .filter(|l| l.table == "users")
-                    .map(|l| l.mode)
-                    .max()
-            });
-            let flag = if read.max(write) > GOAL {
-                "  OVER 1 s"
-            } else {
-                ""
-            };
+    for &path in paths {
+        let runs: Vec<&Measured> = results.iter().filter(|m| m.path == path).collect();
+        let Some(first) = runs.first() else { continue };
+        let per_run: Vec<Vec<Step>> = runs.iter().map(|m| steps(m)).collect();
+        for (i, step) in per_run[0].iter().enumerate() {
+            let all: Vec<&Step> = per_run.iter().filter_map(|r| r.get(i)).collect();
+            let figure = |f: fn(&Step) -> Duration| all.iter().map(|s| f(s)).collect::<Vec<_>>();
+            let over = all.iter().any(|s| s.read.max(s.write) > GOAL);
             println!(
-                "{:<9} {:>10} {:<26} {:>9} {:>13} {:>13} {:<18} {:<18}{flag}",
-                m.path,
-                m.rows,
-                a.label,
-                secs(Duration::from_micros(
-                    u64::try_from(a.to_us - a.from_us).unwrap_or(0)
-                )),
-                secs(read),
-                secs(write),
-                mode_name(seen),
-                mode_name(declared),
+                "{:<9} {:>10} {:<26} {:>18} {:>18} {:>18} {:<18} {:<18}{}",
+                path,
+                first.rows,
+                step.label,
+                spread(&figure(|s| s.duration)),
+                spread(&figure(|s| s.read)),
+                spread(&figure(|s| s.write)),
+                mode_name(all.iter().filter_map(|s| s.seen).max()),
+                mode_name(step.declared),
+                if over { "  OVER 1 s" } else { "" }
             );
         }
+        let floors: Vec<Duration> = runs.iter().map(|m| m.floor).collect();
+        let transactions: usize = runs.iter().map(|m| m.transactions.len()).sum();
         println!(
-            "{:<9} {:>10} {:<26} longest wait in the 3 s before the command (the floor): {}; {} transactions",
-            m.path,
-            m.rows,
+            "{:<9} {:>10} {:<26} longest wait in the 3 s before the command (the floor): {}; {transactions} transactions",
+            path,
+            first.rows,
             "",
-            secs(m.floor),
-            m.transactions.len()
+            spread(&floors)
         );
     }
 }

@@ -1,5 +1,50 @@
 //! What the benchmarks share: PostgreSQL's client tools and how to hand them a server.
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor, PgConnection};
+
+/// A scratch database of a benchmark's own: dropped (its connections ended) and created anew, then
+/// dropped again by [`Scratch::drop`] at the end.
+pub struct Scratch {
+    /// A connection to `postgres`, to drop it from.
+    admin: PgConnection,
+    name: &'static str,
+}
+
+impl Scratch {
+    /// Drops `name` if it is there, then creates it empty.
+    pub async fn create(server: &PgConnectOptions, name: &'static str) -> Scratch {
+        let admin = server
+            .clone()
+            .database("postgres")
+            .connect()
+            .await
+            .expect("connect to postgres");
+        let mut scratch = Scratch { admin, name };
+        scratch.drop_database().await;
+        // A constant of the benchmark's, not input.
+        scratch
+            .admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create the scratch database");
+        scratch
+    }
+
+    async fn drop_database(&mut self) {
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .expect("drop the scratch database");
+    }
+
+    /// Drops the database (ending what is still connected to it).
+    pub async fn drop(mut self) {
+        self.drop_database().await;
+    }
+}
 
 /// A PostgreSQL client tool (pgbench, psql) of the newest Debian PostgreSQL installed, else from PATH.
 pub fn pg_tool(name: &str) -> String {
