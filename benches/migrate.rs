@@ -12,9 +12,9 @@
 //!   held for less than a poll can be missed), beside the one `migrate` declares
 //!   (`src/bin/livermore-db/locks.rs`, checked by `tests/it/locks.rs`).
 //!
-//! The paths: `created` (0001 by this crate, the table then filled, 0002-0006 pending), `with-iam`
-//! (an Atlas-era table with the IAM columns: 0001-0002 adopted, 0003-0006 applied) and `pre-iam`
-//! (an Atlas-era table without them: 0001 adopted, 0002-0006 applied). Rows are realistic: 90 % with
+//! The paths: `created` (0001 by this crate, the table then filled, 0002-0009 pending), `with-iam`
+//! (an Atlas-era table with the IAM columns: 0001-0002 adopted, 0003-0009 applied) and `pre-iam`
+//! (an Atlas-era table without them: 0001 adopted, 0002-0009 applied). Rows are realistic: 90 % with
 //! a Clerk identity where the columns exist, 2 % deactivated, long names and picture URLs.
 //!
 //! pgbench runs a read (`SELECT id, username, email, … WHERE id`) and a write (`UPDATE … SET

@@ -1,5 +1,6 @@
 -- Reverting IAM removes only what 0002 created (objects carrying its comment marker): the two checks,
--- the index and the columns. Columns adopted from the older tooling stay.
+-- the index (which 0002's first text built; now 0007 builds it and its down drops it) and the columns.
+-- Columns adopted from the older tooling stay.
 -- It refuses, changing nothing, while any column it would drop still holds identity data (a non-NULL
 -- value, or a role other than the default 'user'): clear those first if losing them is really meant.
 -- It locks `users` before it looks, so that no writer can commit data between the checks and the drops.

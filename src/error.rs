@@ -85,6 +85,13 @@ pub enum Error {
     #[error("the call did not finish within {0:?}")]
     Timeout(std::time::Duration),
 
+    /// A pending migration cannot run until an operator acts on the database; the reason says how.
+    #[error("migrating is blocked: {reason}")]
+    MigrationBlocked {
+        /// What is in the way and what to do.
+        reason: String,
+    },
+
     /// A migration could not be applied, reverted or verified.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -42,6 +42,7 @@ mod db;
 mod error;
 mod id;
 mod input;
+mod migrations;
 mod role;
 mod tx;
 mod users;
@@ -53,6 +54,7 @@ pub use db::{
 };
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
+pub use migrations::{Prepared, prepare_to_migrate};
 pub use role::Role;
 pub use users::{
     RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
@@ -122,11 +124,17 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
     // future `Send` ("implementation of `Acquire` is not general enough"), so a service could not
     // spawn this function. `run_direct` is what `run` calls after acquiring; sqlx keeps it public for
     // this very error.
-    let result = MIGRATOR.run_direct(None, &mut conn, false).await;
+    let result = match prepare_to_migrate(&mut conn).await {
+        Ok(_) => MIGRATOR
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(Error::from),
+        Err(e) => Err(e),
+    };
     // Closing ends the session, and with it any advisory lock a failed run left behind. Should the
     // polite close fail (a broken socket), dropping the connection still ends the session.
     let _ = conn.close().await;
-    Ok(result?)
+    result
 }
 
 // The README's examples are compiled and run as doc tests.

@@ -165,9 +165,19 @@ pub fn expected_users_shape() -> UsersShape {
     }
 }
 
-/// The shape after reverting 0006: no `clerk_role` and its check.
-pub fn expected_users_shape_before_0006() -> UsersShape {
+/// The shape after reverting 0009, 0008 and 0007: no `users_identity_provider_sub_idx` (0008's and
+/// 0009's downs change nothing).
+pub fn expected_users_shape_before_0007() -> UsersShape {
     let mut shape = expected_users_shape();
+    shape
+        .indexes
+        .retain(|(name, _)| name != "users_identity_provider_sub_idx");
+    shape
+}
+
+/// The shape after reverting 0006 (and 0007-0009): no `clerk_role` and its check.
+pub fn expected_users_shape_before_0006() -> UsersShape {
+    let mut shape = expected_users_shape_before_0007();
     shape.columns.retain(|c| c.name != "clerk_role");
     shape
         .constraints

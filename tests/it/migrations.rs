@@ -487,3 +487,155 @@ async fn an_adopted_table_with_another_column_order_reads_right(pool: PgPool) {
         (Some("Ada Lovelace"), Some("user_2abc"))
     );
 }
+
+/// The migrations as the sandbox applied them: 0001-0006, with the first texts of 0002 and 0005
+/// (before they were rewritten so that no migration holds `users` while it reads every row).
+fn first_texts() -> sqlx::migrate::Migrator {
+    use sqlx::migrate::Migration;
+    let first = |m: &Migration, sql: &'static str| {
+        Migration::new(
+            m.version,
+            m.description.clone(),
+            m.migration_type,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )
+    };
+    sqlx::migrate::Migrator::with_migrations(
+        MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && m.version <= 6)
+            .map(|m| match m.version {
+                2 => first(
+                    m,
+                    include_str!("fixtures/first_applied/0002_users_iam.up.sql"),
+                ),
+                5 => first(
+                    m,
+                    include_str!("fixtures/first_applied/0005_clerk_lifecycle.up.sql"),
+                ),
+                _ => m.clone(),
+            })
+            .collect(),
+    )
+}
+
+async fn checksum_of(pool: &PgPool, version: i64) -> Vec<u8> {
+    sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = $1")
+        .bind(version)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A database that applied the first texts of 0002 and 0005 migrates on: they are recorded under
+/// the rewritten texts, 0009 (whose work the first 0005 did) as applied without running, so that a
+/// role set by hand after a Clerk event stays set by hand, and 0007 and 0008 apply (finding the
+/// index there and the checks valid).
+#[sqlx::test(migrations = false)]
+async fn a_database_that_applied_the_first_texts_migrates_on(pool: PgPool) {
+    let first = first_texts();
+    first.run(&pool).await.unwrap();
+    // Clerk gave the role, then an admin set one by hand.
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub, role, role_source, identity_role_updated_at)
+         VALUES ('kept', 'kept@example.com', 'clerk', 'user_kept', 'admin', 'manual', '2024-01-01')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let up = |v: i64| {
+        MIGRATOR
+            .iter()
+            .find(|m| m.version == v && !m.migration_type.is_down_migration())
+            .unwrap()
+    };
+    assert_ne!(
+        checksum_of(&pool, 2).await,
+        *up(2).checksum,
+        "the first text's checksum"
+    );
+
+    livermore_db::migrate(&pool).await.expect("migrates on");
+    for v in [2, 5] {
+        assert_eq!(
+            checksum_of(&pool, v).await,
+            *up(v).checksum,
+            "migration {v}"
+        );
+    }
+    assert_eq!(applied_versions(&pool).await, all_versions());
+    let source: String =
+        sqlx::query_scalar("SELECT role_source FROM users WHERE identity_sub = 'user_kept'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        source, "manual",
+        "0009 did not run again over a role set by hand"
+    );
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+    // Again: nothing left to record or apply.
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        livermore_db::prepare_to_migrate(&mut conn).await.unwrap(),
+        livermore_db::Prepared::default()
+    );
+}
+
+/// A concurrent build of 0007's index that fails (here on two users with one identity, possible
+/// before the index exists) leaves an INVALID index: migrating again refuses, saying what to do, and
+/// goes on once it is done.
+#[sqlx::test(migrations = false)]
+async fn an_index_a_failed_build_left_invalid_stops_migrating(pool: PgPool) {
+    MIGRATOR.run_to(6, &pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub)
+         VALUES ('one', 'one@example.com', 'clerk', 'user_twice'),
+                ('two', 'two@example.com', 'clerk', 'user_twice')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let failed = livermore_db::migrate(&pool).await.unwrap_err();
+    assert!(
+        matches!(
+            &failed,
+            livermore_db::Error::Migrate(sqlx::migrate::MigrateError::ExecuteMigration(_, 7))
+        ),
+        "{failed:?}"
+    );
+    let invalid: bool = sqlx::query_scalar(
+        "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = 'users_identity_provider_sub_idx'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(invalid, "a failed concurrent build leaves an INVALID index");
+
+    let blocked = livermore_db::migrate(&pool).await.unwrap_err();
+    match &blocked {
+        livermore_db::Error::MigrationBlocked { reason } => {
+            assert!(
+                reason.contains("DROP INDEX CONCURRENTLY users_identity_provider_sub_idx"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!applied_versions(&pool).await.contains(&7));
+
+    sqlx::query("UPDATE users SET identity_sub = 'user_other' WHERE username = 'two'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DROP INDEX CONCURRENTLY users_identity_provider_sub_idx")
+        .execute(&pool)
+        .await
+        .unwrap();
+    livermore_db::migrate(&pool)
+        .await
+        .expect("migrates once the index is dropped");
+    assert_eq!(applied_versions(&pool).await, all_versions());
+    assert_eq!(users_shape(&pool).await, expected_users_shape());
+}

@@ -79,8 +79,8 @@ const LOCKS: &[(i64, &[Lock])] = {
             &[lock(
                 "users",
                 AccessExclusive,
-                "adds the IAM columns and checks (catalog only); where they are missing, builds \
-                 the unique index and reads every row twice to validate the checks, all under this lock",
+                "adds the IAM columns and two NOT VALID checks where they are missing (catalog only: \
+                 no rewrite, no scan)",
             )],
         ),
         (
@@ -101,15 +101,11 @@ const LOCKS: &[(i64, &[Lock])] = {
         ),
         (
             5,
-            &[
-                lock(
-                    "users",
-                    AccessExclusive,
-                    "adds two columns (catalog only) and a CHECK (reads every row), then updates \
-                     the rows Clerk set a role on and the deleted users' rows, all under this lock",
-                ),
-                lock("identity_tombstones", AccessShare, "reads it"),
-            ],
+            &[lock(
+                "users",
+                AccessExclusive,
+                "adds two columns and a NOT VALID check (catalog only: no rewrite, no scan)",
+            )],
         ),
         (
             6,
@@ -118,6 +114,39 @@ const LOCKS: &[(i64, &[Lock])] = {
                 AccessExclusive,
                 "adds a column and a NOT VALID check (catalog only)",
             )],
+        ),
+        (
+            7,
+            &[lock(
+                "users",
+                ShareUpdateExclusive,
+                "builds the unique index CONCURRENTLY where it is missing: reads every row, outside \
+                 a transaction, and waits for transactions already running to end",
+            )],
+        ),
+        (
+            8,
+            &[lock(
+                "users",
+                ShareUpdateExclusive,
+                "validates the checks 0002 and 0005 added NOT VALID: reads every row",
+            )],
+        ),
+        (
+            9,
+            &[
+                lock(
+                    "users",
+                    RowExclusive,
+                    "updates the rows Clerk set a role on and the rows of users deleted before \
+                     0005, 10 000 ids per committed batch",
+                ),
+                lock(
+                    "identity_tombstones",
+                    AccessShare,
+                    "reads it, batch by batch",
+                ),
+            ],
         ),
     ]
 };

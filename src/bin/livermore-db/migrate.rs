@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use livermore_db::MIGRATOR;
-use sqlx::PgConnection;
+use livermore_db::{MIGRATOR, Prepared};
 use sqlx::migrate::{MigrateError, Migration};
+use sqlx::{Connection, PgConnection};
 
 use crate::env::Target;
 use crate::failure::{Failure, describe};
@@ -141,12 +141,50 @@ pub async fn status(target: &Target) -> Result<bool, Failure> {
         );
         return Ok(true);
     };
-    let applied = read_applied(&mut conn)
+    // What `migrate` would first record (migrations applied under their first texts), shown and
+    // rolled back.
+    let mut tx = conn.begin().await.map_err(|e| Failure::new(describe(&e)))?;
+    let prepared = prepare(&mut tx, true).await?;
+    let applied = read_applied(&mut tx)
         .await
         .map_err(|e| Failure::new(describe(&e)))?;
+    let _ = tx.rollback().await;
+    say_prepared(&prepared, true);
     let states = states_of(&applied);
     print_states(&states);
     Ok(check_consistent(&states).is_ok())
+}
+
+/// [`livermore_db::prepare_to_migrate`], its refusal said as the command says failures.
+async fn prepare(conn: &mut PgConnection, dry_run: bool) -> Result<Prepared, Failure> {
+    livermore_db::prepare_to_migrate(conn)
+        .await
+        .map_err(|e| match e {
+            livermore_db::Error::MigrationBlocked { reason } => Failure::new(format!(
+                "refusing to migrate{}: {reason}",
+                if dry_run { " (dry run)" } else { "" }
+            )),
+            livermore_db::Error::Database(e) => Failure::new(describe(&e)),
+            other => Failure::new(other.to_string()),
+        })
+}
+
+fn say_prepared(prepared: &Prepared, dry_run: bool) {
+    let (record, now) = if dry_run {
+        ("would record", "would be recorded")
+    } else {
+        ("recorded", "is recorded")
+    };
+    for v in &prepared.rewritten {
+        println!(
+            "migration {v:04} was applied here under its first text, rewritten once before release (README, \"The migrations\"): {record} under the rewritten one"
+        );
+    }
+    for v in &prepared.recorded {
+        println!(
+            "migration {v:04} {now} as applied: the first text of an earlier one did its work"
+        );
+    }
 }
 
 /// `migrate`: creates the database when missing, then applies the pending migrations one at a time.
@@ -173,9 +211,21 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
         }
     };
 
-    let applied = read_applied(&mut conn)
-        .await
-        .map_err(|e| Failure::new(describe(&e)))?;
+    // A dry run changes nothing: what preparing would record is read inside a transaction that is
+    // rolled back.
+    let applied = if dry_run {
+        let mut tx = conn.begin().await.map_err(|e| Failure::new(describe(&e)))?;
+        let prepared = prepare(&mut tx, true).await?;
+        say_prepared(&prepared, true);
+        let applied = read_applied(&mut tx).await;
+        let _ = tx.rollback().await;
+        applied
+    } else {
+        let prepared = prepare(&mut conn, false).await?;
+        say_prepared(&prepared, false);
+        read_applied(&mut conn).await
+    }
+    .map_err(|e| Failure::new(describe(&e)))?;
     let states = states_of(&applied);
     check_consistent(&states)?;
     let pending: Vec<&Migration> = states

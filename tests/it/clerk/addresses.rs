@@ -1,4 +1,4 @@
-//! Addresses and deleted identities: signing up again after a deletion, migration 0005's release,
+//! Addresses and deleted identities: signing up again after a deletion, migration 0009's release,
 //! unverified addresses, a deleted identity never signing in or being linked again.
 use super::*;
 
@@ -68,7 +68,7 @@ async fn a_deleted_person_can_sign_up_again_with_the_same_address(pool: PgPool) 
 }
 
 #[sqlx::test(migrations = false)]
-async fn migration_0005_releases_the_addresses_of_users_deleted_before_it(pool: PgPool) {
+async fn migration_0009_releases_the_addresses_of_users_deleted_before_0005(pool: PgPool) {
     livermore_db::MIGRATOR.run_to(4, &pool).await.unwrap();
     sqlx::query(
         "INSERT INTO users (username, email, identity_provider, identity_sub, is_active, identity_role_updated_at)
