@@ -90,7 +90,9 @@ pub fn pool_options() -> sqlx::postgres::PgPoolOptions {
 /// The crate's migrations (`migrations/` in the repository), embedded at compile time.
 ///
 /// At service start-up prefer [`migrate`], which runs them on a connection of its own. Or use
-/// `make migrate` from the repository. The migrations adopt a database whose schema was created by the
+/// `make migrate` from the repository. Running `MIGRATOR` yourself, call [`prepare_to_migrate`]
+/// first: a database that applied the first texts of 0002 and 0005 (rewritten once, before release)
+/// is otherwise refused as edited. The migrations adopt a database whose schema was created by the
 /// older TypeScript tooling: they change no row there and are recorded as applied.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
