@@ -490,7 +490,7 @@ async fn an_adopted_table_with_another_column_order_reads_right(pool: PgPool) {
 
 /// The migrations as the sandbox applied them: 0001-0006, with the first texts of 0002 and 0005
 /// (before they were rewritten so that no migration holds `users` while it reads every row).
-fn first_texts() -> sqlx::migrate::Migrator {
+pub(crate) fn first_texts() -> sqlx::migrate::Migrator {
     use sqlx::migrate::Migration;
     let first = |m: &Migration, sql: &'static str| {
         Migration::new(

@@ -457,3 +457,65 @@ async fn adoption_refuses_a_shape_other_than_the_migrations_create() {
         );
     }
 }
+
+/// The sandbox as it is: 0001-0006 applied with the first texts of 0002 and 0005. `status` and a
+/// dry run say what `migrate` will record and change nothing; `migrate` records the two under their
+/// rewritten texts, 0009 as applied, and applies 0007 and 0008.
+#[tokio::test]
+async fn a_sandbox_that_applied_the_first_texts_migrates_on() {
+    let db = "livermore_first_texts";
+    create(db).await;
+    let mut conn = connect(db).await;
+    crate::migrations::first_texts()
+        .run(&mut conn)
+        .await
+        .expect("the first texts");
+    let recorded = "SELECT string_agg(version || ':' || encode(checksum, 'hex'), ',' ORDER BY version) FROM _sqlx_migrations";
+    let before: String = sqlx::query_scalar(recorded)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+    for args in [&["status"][..], &["migrate", "--dry-run"][..]] {
+        let run = sandbox(args, db, &[]);
+        assert_eq!(run.code, 0, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout
+                .contains("migration 0002 was applied here under its first text")
+                && run
+                    .stdout
+                    .contains("migration 0005 was applied here under its first text")
+                && run.stdout.contains("would record under the rewritten one")
+                && run
+                    .stdout
+                    .contains("migration 0009 would be recorded as applied")
+                && !run.stdout.contains("MISMATCH"),
+            "{args:?}: {}",
+            run.stdout
+        );
+        let now: String = sqlx::query_scalar(recorded)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(now, before, "{args:?} changed nothing");
+    }
+
+    let run = sandbox(&["migrate"], db, &[]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("recorded under the rewritten one")
+            && run.stdout.contains("migration 0009 is recorded as applied")
+            && run.stdout.contains("applied 0007 users identity index")
+            && run.stdout.contains("applied 0008 users checks validate")
+            && !run.stdout.contains("applied 0009"),
+        "{}",
+        run.stdout
+    );
+    let status = sandbox(&["status"], db, &[]);
+    assert_eq!(status.code, 0, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("9 applied, 0 pending, 0 mismatched"),
+        "{}",
+        status.stdout
+    );
+}
