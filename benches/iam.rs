@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livermore_db::clerk::{ClerkUser, apply_batch};
-use livermore_db::{Db, Identity, Profile, find_by_identity, sign_in};
+use livermore_db::{DEFAULT_CALL_TIMEOUT, Db, Identity, Profile, find_by_identity, sign_in};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgPool};
 use support::{Scratch, conn_args, password, pg_tool};
@@ -160,8 +160,16 @@ impl XorShift {
 }
 
 /// Runs pgbench with a script for `seconds`: the rate and the per-transaction latencies from its
-/// log (`-l`, always on, as the library side always records every call's latency).
-fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> Sample {
+/// log (`-l`, always on, as the library side always records every call's latency). `options` are
+/// the session settings the library side's connections have (libpq's `PGOPTIONS`), so that both
+/// sides run the statement under the same server settings.
+fn pgbench(
+    o: &PgConnectOptions,
+    script: &str,
+    clients: u32,
+    seconds: u64,
+    options: Option<&str>,
+) -> Sample {
     let dir = std::env::temp_dir().join(format!("livermore-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a folder for pgbench");
@@ -182,6 +190,7 @@ fn pgbench(o: &PgConnectOptions, script: &str, clients: u32, seconds: u64) -> Sa
     let out = cmd
         .args(conn_args(o, DATABASE))
         .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
+        .env("PGOPTIONS", options.unwrap_or(""))
         .output()
         .expect("run pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -486,9 +495,20 @@ async fn pgbench_cells(run: &Run) -> Vec<Cell> {
             } else {
                 &lookup_sql
             };
-            cells[i]
-                .tool
-                .push(pgbench(&run.o, script, clients, run.seconds));
+            // `Db` sets `statement_timeout` (its call timeout) on the connections it holds: a timer
+            // the server arms and disarms around every statement. pgbench's connections get the
+            // same setting in `Db`'s cells; the pool's and held connections have none, nor has
+            // pgbench beside them.
+            let options = kind
+                .ends_with("db")
+                .then(|| format!("-c statement_timeout={}", DEFAULT_CALL_TIMEOUT.as_millis()));
+            cells[i].tool.push(pgbench(
+                &run.o,
+                script,
+                clients,
+                run.seconds,
+                options.as_deref(),
+            ));
         }
     }
     cells.retain(|c| !c.library.is_empty());
