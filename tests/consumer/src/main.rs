@@ -110,6 +110,7 @@ fn spawn_everything(pool: PgPool, user: UserId, n: u32) -> Vec<Task> {
             find_by_identities(&mut *c, std::slice::from_ref(&identity)).await?;
             let other = sign_in(&mut *c, &throwaway(n, 2)).await?.user.id;
             deactivate(&mut *c, other).await?;
+            livermore_db::prepare_to_migrate(&mut *c).await?;
             Ok(())
         }));
     }
