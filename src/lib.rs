@@ -126,13 +126,11 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
     // future `Send` ("implementation of `Acquire` is not general enough"), so a service could not
     // spawn this function. `run_direct` is what `run` calls after acquiring; sqlx keeps it public for
     // this very error.
-    let result = match prepare_to_migrate(&mut conn).await {
-        Ok(_) => MIGRATOR
-            .run_direct(None, &mut conn, false)
-            .await
-            .map_err(Error::from),
-        Err(e) => Err(e),
-    };
+    let result: Result<(), Error> = async {
+        prepare_to_migrate(&mut conn).await?;
+        Ok(MIGRATOR.run_direct(None, &mut conn, false).await?)
+    }
+    .await;
     // Closing ends the session, and with it any advisory lock a failed run left behind. Should the
     // polite close fail (a broken socket), dropping the connection still ends the session.
     let _ = conn.close().await;

@@ -1,6 +1,7 @@
 //! What runs before the migrations: recording the migrations' first texts under their rewritten ones,
 //! and refusing to go on over an index a failed concurrent build left behind.
 
+use sqlx::migrate::Migration;
 use sqlx::{Connection, PgConnection};
 
 use crate::Error;
@@ -67,17 +68,11 @@ pub async fn prepare_to_migrate(conn: &mut PgConnection) -> Result<Prepared, Err
     if recorded {
         for r in REWRITTEN {
             let first = hex(r.first_checksum);
-            let Some(rewritten) = crate::MIGRATOR
-                .iter()
-                .find(|m| m.version == r.version && !m.migration_type.is_down_migration())
-            else {
+            let Some(rewritten) = up(r.version) else {
                 continue;
             };
             for version in r.did_also {
-                let Some(m) = crate::MIGRATOR
-                    .iter()
-                    .find(|m| m.version == *version && !m.migration_type.is_down_migration())
-                else {
+                let Some(m) = up(*version) else {
                     continue;
                 };
                 let inserted = sqlx::query!(
@@ -139,6 +134,13 @@ pub async fn prepare_to_migrate(conn: &mut PgConnection) -> Result<Prepared, Err
     Ok(prepared)
 }
 
+/// The up migration of `version` in [`MIGRATOR`](crate::MIGRATOR).
+fn up(version: i64) -> Option<&'static Migration> {
+    crate::MIGRATOR
+        .iter()
+        .find(|m| m.version == version && !m.migration_type.is_down_migration())
+}
+
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -155,10 +157,7 @@ mod tests {
         for r in REWRITTEN {
             let first = hex(r.first_checksum);
             assert_eq!(first.len(), 48, "migration {}", r.version);
-            let now = crate::MIGRATOR
-                .iter()
-                .find(|m| m.version == r.version && !m.migration_type.is_down_migration())
-                .unwrap();
+            let now = up(r.version).unwrap();
             assert_ne!(&*now.checksum, &first[..], "migration {}", r.version);
         }
     }

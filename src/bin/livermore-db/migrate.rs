@@ -141,18 +141,30 @@ pub async fn status(target: &Target) -> Result<bool, Failure> {
         );
         return Ok(true);
     };
-    // What `migrate` would first record (migrations applied under their first texts), shown and
-    // rolled back.
-    let mut tx = conn.begin().await.map_err(|e| Failure::new(describe(&e)))?;
-    let prepared = prepare(&mut tx, true).await?;
-    let applied = read_applied(&mut tx)
-        .await
-        .map_err(|e| Failure::new(describe(&e)))?;
-    let _ = tx.rollback().await;
-    say_prepared(&prepared, true);
+    // What `migrate` would first record (migrations applied under their first texts), rolled back.
+    let applied = prepare_then_read(&mut conn, true).await?;
     let states = states_of(&applied);
     print_states(&states);
     Ok(check_consistent(&states).is_ok())
+}
+
+/// Runs [`livermore_db::prepare_to_migrate`], says what it recorded, and reads `_sqlx_migrations`
+/// after it. With `dry_run`, inside a transaction that is rolled back: nothing changes, and what it
+/// would record is said as such.
+async fn prepare_then_read(
+    conn: &mut PgConnection,
+    dry_run: bool,
+) -> Result<Vec<Applied>, Failure> {
+    let fail = |e: sqlx::Error| Failure::new(describe(&e));
+    if !dry_run {
+        say_prepared(&prepare(conn, false).await?, false);
+        return read_applied(conn).await.map_err(fail);
+    }
+    let mut tx = conn.begin().await.map_err(fail)?;
+    say_prepared(&prepare(&mut tx, true).await?, true);
+    let applied = read_applied(&mut tx).await.map_err(fail);
+    let _ = tx.rollback().await;
+    applied
 }
 
 /// [`livermore_db::prepare_to_migrate`], its refusal said as the command says failures.
@@ -211,21 +223,7 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
         }
     };
 
-    // A dry run changes nothing: what preparing would record is read inside a transaction that is
-    // rolled back.
-    let applied = if dry_run {
-        let mut tx = conn.begin().await.map_err(|e| Failure::new(describe(&e)))?;
-        let prepared = prepare(&mut tx, true).await?;
-        say_prepared(&prepared, true);
-        let applied = read_applied(&mut tx).await;
-        let _ = tx.rollback().await;
-        applied
-    } else {
-        let prepared = prepare(&mut conn, false).await?;
-        say_prepared(&prepared, false);
-        read_applied(&mut conn).await
-    }
-    .map_err(|e| Failure::new(describe(&e)))?;
+    let applied = prepare_then_read(&mut conn, dry_run).await?;
     let states = states_of(&applied);
     check_consistent(&states)?;
     let pending: Vec<&Migration> = states
