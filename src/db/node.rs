@@ -294,7 +294,9 @@ impl Node {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.open().await?,
+            // Opening is rare, and its future (sqlx's connect) is kilobytes: boxed, it stays out
+            // of every call's future, which is moved (copied) as calls are built and awaited.
+            None => Box::pin(self.open()).await?,
         };
         Ok(Lease {
             node: self,
