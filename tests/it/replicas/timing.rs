@@ -28,9 +28,14 @@ async fn replicas_stay_useful_under_writes(primary: PgPool) {
             }
         });
     }
+    // A sign-in every 20 ms: started on a 20 ms schedule (one that runs late pushes the next ones
+    // back, none is made up for), at most 150 in 3 s.
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     let mut writes = 0;
     while started.elapsed() < Duration::from_secs(3) {
+        every.tick().await;
         let name = format!("Busy {writes}");
         let profile = Profile::parse(
             "clerk",
@@ -48,7 +53,6 @@ async fn replicas_stay_useful_under_writes(primary: PgPool) {
             "write {writes}"
         );
         writes += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
     while let Some(done) = readers.join_next().await {
@@ -62,7 +66,12 @@ async fn replicas_stay_useful_under_writes(primary: PgPool) {
         "under writes: {writes} sign-ins, {on_standby} look-ups on the standby, {on_primary} on the primary ({:.1} %); {after:?}",
         share * 100.0
     );
-    assert!(writes >= 100, "{writes} writes in 3 s");
+    // The guard that writes did run beside the look-ups: handles that starved them managed 14-31
+    // (single look-ups up to 8 in flight); at 50, a write still lands every 60 ms, several per
+    // `check_interval`, so a freshness decided from a sample would still send most look-ups to the
+    // primary. (100 held on a faster day; on a slow one a write and its read-back take 20-45 ms on
+    // the 2 cores the 8 readers saturate: 67-125 in 3 s, 2026-12-03.)
+    assert!(writes >= 50, "{writes} writes in 3 s");
     assert!(
         share >= 0.9,
         "the standby served {:.1} % of the look-ups ({on_standby} of {})",
