@@ -33,7 +33,7 @@ export LIVERMORE_IMPORT_FILE := $(value FILE)
 unexport ENV FILE DRY_RUN
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
-  test-consumer test-make test-package lint doc fmt example webhook bench bench-migrate
+  test-consumer test-make test-package lint doc fmt example webhook bench bench-cost bench-migrate
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -168,6 +168,10 @@ webhook: migrate ## Serve the Clerk webhook service on the local database (CLERK
 bench: ## Benchmarks against pgbench and psql \copy on the local server (see BENCHMARKS.md)
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) bench --bench iam
+
+bench-cost: ## The client's instructions per look-up (callgrind): held connection, Db, pool (see BENCHMARKS.md)
+	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
+	SQLX_OFFLINE=true $(CARGO) bench --bench cost
 
 bench-migrate: ## The pending migrations on a users of BENCH_MIGRATE_ROWS rows (default 1 000 000) under pgbench load (see BENCHMARKS.md)
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
