@@ -70,7 +70,8 @@ async fn replicas_stay_useful_under_writes(primary: PgPool) {
     // (single look-ups up to 8 in flight); at 50, a write still lands every 60 ms, several per
     // `check_interval`, so a freshness decided from a sample would still send most look-ups to the
     // primary. (100 held on a faster day; on a slow one a write and its read-back take 20-45 ms on
-    // the 2 cores the 8 readers saturate: 67-125 in 3 s, 2026-12-03.)
+    // the 2 cores the 8 readers saturate: 42-125 in 3 s over 11 runs, 2026-12-03; the run at 42
+    // also fell to 80 % on the standby, so it failed on that bound as well.)
     assert!(writes >= 50, "{writes} writes in 3 s");
     assert!(
         share >= 0.9,
