@@ -49,8 +49,8 @@ mod users;
 
 pub use db::{
     DEFAULT_CALL_TIMEOUT, DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECTIONS, DEFAULT_LOOKUP_CONNECTIONS,
-    DEFAULT_MAX_BATCH, DEFAULT_MAX_LAG, DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, RoutingStats,
-    SessionStats, WalPosition,
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_LAG, DEFAULT_REPLICA_TIMEOUT, Db, DbBuilder, PrimaryReasons,
+    RoutingStats, SessionStats, WalPosition,
 };
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};

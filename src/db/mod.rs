@@ -18,7 +18,7 @@ use crate::input::{Email, Identity, Profile};
 use crate::role::Role;
 use crate::users::{self, SignIn, User, UserId};
 use node::Node;
-use routing::{Replica, Samples, Written};
+use routing::{Latency, Replica, Samples, Written};
 
 pub(crate) use node::breaks_connection;
 
@@ -106,8 +106,17 @@ pub struct RoutingStats {
     /// Look-ups served by each replica, in the order given.
     pub replicas: Vec<u64>,
     /// Look-ups that failed or timed out on a replica and were then served by the primary (counted
-    /// in `primary` too).
+    /// in `primary` too): `fallback_timeouts` plus `fallback_errors`.
     pub fallbacks: u64,
+    /// Fallbacks because the replica did not answer within the replica timeout (the configured
+    /// [`DbBuilder::replica_timeout`], or more while the primary itself answers slowly).
+    pub fallback_timeouts: u64,
+    /// Fallbacks because the look-up failed on the replica (an error; a connection error also takes
+    /// the replica out until its next good check).
+    pub fallback_errors: u64,
+    /// Why the look-ups counted in `primary` (fallbacks aside) went there: for a service's metrics,
+    /// and for the question "why is my replica idle?".
+    pub primary_because: PrimaryReasons,
     /// Statements that answered identity look-ups, on every server.
     pub lookup_statements: u64,
     /// Identity look-ups they answered: `lookups / lookup_statements` is the average batch.
@@ -116,6 +125,27 @@ pub struct RoutingStats {
     /// primary's (another `system_identifier`): a URL pointed at the wrong server. They serve
     /// nothing while they are.
     pub foreign_replicas: Vec<usize>,
+}
+
+/// Why look-ups went to the primary without trying a replica ([`RoutingStats::primary_because`]).
+/// Each such look-up is counted once, under the first reason that applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PrimaryReasons {
+    /// The handle was made by [`Db::primary_only`], or has no replicas.
+    pub primary_only: u64,
+    /// No replica was well at its last check (not yet checked, unreachable, paused, promoted, of
+    /// another cluster, or its check failed or took too long).
+    pub unhealthy: u64,
+    /// A replica was well but staler than `max_lag` (it had not replayed what the primary
+    /// committed `max_lag` ago, or no recent check of the primary vouched for it).
+    pub stale: u64,
+    /// A replica was fresh but had not replayed the handle's own last write within the catch-up
+    /// wait (read-your-writes).
+    pub behind_own_writes: u64,
+    /// The position of the handle's last write was not known yet (the write's read of it failed or
+    /// was cut short): the primary answers until the next check of the primary stands for it.
+    pub write_position_unknown: u64,
 }
 
 /// Where one session's look-ups went ([`Db::session_stats`]): a handle made by [`Db::session`] or
@@ -221,7 +251,17 @@ pub struct SessionStats {
 /// known to have replayed past the newest such position, else by the primary: a role change made
 /// through the handle is seen by its next look-up, always. The replica's position is read when a
 /// look-up needs it (one read in flight per replica), not only at the periodic check, so that
-/// after a write look-ups return to the replica within a round trip of its replay. [`Db::session`]
+/// after a write look-ups return to the replica within a round trip of its replay; a look-up waits
+/// for that about one of the primary's recent round trips (at least 2 ms), what asking the primary
+/// would cost.
+///
+/// # Why a replica is idle
+///
+/// [`Db::stats`] counts each look-up the primary answered under one reason:
+/// [`RoutingStats::primary_because`] (no replica well, all staler than `max_lag`, behind the
+/// handle's own writes, a write's position unknown, a primary-only handle) and
+/// [`RoutingStats::fallback_timeouts`] / [`RoutingStats::fallback_errors`] (tried on a replica, then
+/// answered by the primary). Export them as a service's metrics. [`Db::session`]
 /// gives a handle of its own position (per request or per user, say); [`Db::last_write`] and
 /// [`Db::session_after`] carry a position across processes.
 #[derive(Clone)]
@@ -273,8 +313,12 @@ pub(crate) struct Shared {
     checker: OnceLock<()>,
     next: AtomicUsize,
     served_by_primary: AtomicU64,
-    fallbacks: AtomicU64,
+    fallback_timeouts: AtomicU64,
+    fallback_errors: AtomicU64,
+    /// Look-ups sent to the primary without trying a replica, by [`Reason`].
+    reasons: [AtomicU64; Reason::COUNT],
     samples: Samples,
+    primary_latency: Latency,
     closed: AtomicBool,
 }
 
@@ -328,8 +372,12 @@ impl DbBuilder {
     }
 
     /// How long a look-up waits for a replica before the primary answers it (default
-    /// [`DEFAULT_REPLICA_TIMEOUT`]). A look-up that times out goes to the primary; the replica keeps
-    /// serving the others (a slow query is not a sick replica).
+    /// [`DEFAULT_REPLICA_TIMEOUT`]), at least: while the primary's own round trip (measured by the
+    /// check task) is slow, a replica may take four of those instead, since on a saturated host a
+    /// replica as slow as the primary is no worse than it. A look-up that times out goes to the
+    /// primary; the replica keeps serving the others (a slow query is not a sick replica). Opening a
+    /// connection to the replica is not cut short by it: a connect that outlasts the timeout goes
+    /// on in the background, and the next look-ups use its connection.
     pub fn replica_timeout(mut self, timeout: Duration) -> Self {
         self.replica_timeout = timeout;
         self
@@ -400,8 +448,11 @@ impl DbBuilder {
                 checker: OnceLock::new(),
                 next: AtomicUsize::new(0),
                 served_by_primary: AtomicU64::new(0),
-                fallbacks: AtomicU64::new(0),
+                fallback_timeouts: AtomicU64::new(0),
+                fallback_errors: AtomicU64::new(0),
+                reasons: Default::default(),
                 samples: Samples::default(),
+                primary_latency: Latency::default(),
                 closed: AtomicBool::new(false),
             }),
             written: Arc::new(Written::default()),
@@ -498,7 +549,20 @@ impl Db {
                 .iter()
                 .map(|r| r.served.load(Ordering::Relaxed))
                 .collect(),
-            fallbacks: self.shared.fallbacks.load(Ordering::Relaxed),
+            fallbacks: self.shared.fallback_timeouts.load(Ordering::Relaxed)
+                + self.shared.fallback_errors.load(Ordering::Relaxed),
+            fallback_timeouts: self.shared.fallback_timeouts.load(Ordering::Relaxed),
+            fallback_errors: self.shared.fallback_errors.load(Ordering::Relaxed),
+            primary_because: {
+                let n = |r: Reason| self.shared.reasons[r as usize].load(Ordering::Relaxed);
+                PrimaryReasons {
+                    primary_only: n(Reason::PrimaryOnly),
+                    unhealthy: n(Reason::Unhealthy),
+                    stale: n(Reason::Stale),
+                    behind_own_writes: n(Reason::Behind),
+                    write_position_unknown: n(Reason::Unknown),
+                }
+            },
             lookup_statements,
             lookups,
             foreign_replicas: (self.shared.replicas.iter().enumerate())
@@ -683,28 +747,35 @@ impl Db {
 
     /// Runs a look-up on a fresh replica, or on the primary. A replica's failure is retried on the
     /// primary (and the replica is out until its next good check); a replica that is only slow
-    /// keeps serving the others.
+    /// keeps serving the others. How long a replica may take ([`Shared::replica_patience`]) grows
+    /// with the primary's own round trip: on a saturated host a replica as slow as the primary is
+    /// no worse than it.
     async fn route<'s, T, F>(&'s self, f: impl Fn(&'s Node) -> F) -> Result<T, Error>
     where
         F: Future<Output = Result<T, Error>>,
     {
         let shared = &self.shared;
-        if let Some(replica) = self.choose().await {
-            match tokio::time::timeout(shared.replica_timeout, f(&replica.node)).await {
-                Ok(Ok(found)) => {
-                    replica.served.fetch_add(1, Ordering::Relaxed);
-                    self.written.on_replicas.fetch_add(1, Ordering::Relaxed);
-                    return Ok(found);
-                }
-                Ok(Err(e)) => {
-                    if breaks_connection(&e) {
-                        replica.healthy.store(false, Ordering::Release);
+        match self.choose().await {
+            Ok(replica) => {
+                match tokio::time::timeout(shared.replica_patience(), f(&replica.node)).await {
+                    Ok(Ok(found)) => {
+                        replica.served.fetch_add(1, Ordering::Relaxed);
+                        self.written.on_replicas.fetch_add(1, Ordering::Relaxed);
+                        return Ok(found);
                     }
-                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    Ok(Err(e)) => {
+                        if breaks_connection(&e) {
+                            replica.healthy.store(false, Ordering::Release);
+                        }
+                        shared.fallback_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        shared.fallback_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Err(_) => {
-                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
-                }
+            }
+            Err(reason) => {
+                shared.reasons[reason as usize].fetch_add(1, Ordering::Relaxed);
             }
         }
         shared.served_by_primary.fetch_add(1, Ordering::Relaxed);
@@ -713,19 +784,20 @@ impl Db {
     }
 
     /// A fresh replica that has replayed this handle's writes, round-robin; else one that is fresh
-    /// but not yet known to hold them; else the primary.
+    /// but not yet known to hold them; else the primary, and why.
     fn pick(&self) -> Pick<'_> {
         let shared = &self.shared;
         let count = shared.replicas.len();
         if count == 0 || self.primary_only {
-            return Pick::Primary;
+            return Pick::Primary(Reason::PrimaryOnly);
         }
         self.start_checker();
         let Some(required) = self.written.required(&shared.samples) else {
-            return Pick::Primary;
+            return Pick::Primary(Reason::Unknown);
         };
         let first = shared.next.fetch_add(1, Ordering::Relaxed);
         let mut behind = None;
+        let mut healthy = false;
         for i in 0..count {
             let index = (first + i) % count;
             let replica = &shared.replicas[index];
@@ -735,27 +807,40 @@ impl Db {
             if shared.is_fresh(replica, 0) {
                 behind.get_or_insert(index);
             }
+            healthy |= replica.healthy.load(Ordering::Acquire);
         }
         match behind {
             Some(index) => Pick::Behind(index, required),
-            None => Pick::Primary,
+            None if healthy => Pick::Primary(Reason::Stale),
+            None => Pick::Primary(Reason::Unhealthy),
         }
     }
 
-    /// The replica to ask, if any: for one that is not yet known to hold this handle's writes, its
-    /// replay position is read now, and the look-up waits up to [`CATCH_UP`] for it.
-    async fn choose(&self) -> Option<&Replica> {
+    /// The replica to ask, or why none: for one that is fresh but not yet known to hold this
+    /// handle's writes, its replay position is read now (again while the wait lasts), and the
+    /// look-up waits for it up to [`Shared::catch_up`]: about one round trip of the primary's,
+    /// what asking the primary instead would cost.
+    async fn choose(&self) -> Result<&Replica, Reason> {
         match self.pick() {
-            Pick::Replica(replica) => Some(replica),
-            Pick::Primary => None,
+            Pick::Replica(replica) => Ok(replica),
+            Pick::Primary(reason) => Err(reason),
             Pick::Behind(index, required) => {
-                let replica = &self.shared.replicas[index];
-                let probed = replica.probed.notified();
-                tokio::pin!(probed);
-                probed.as_mut().enable();
-                routing::probe(&self.shared, index);
-                let _ = tokio::time::timeout(CATCH_UP, probed).await;
-                self.shared.is_fresh(replica, required).then_some(replica)
+                let shared = &self.shared;
+                let replica = &shared.replicas[index];
+                let deadline = tokio::time::Instant::now() + shared.catch_up();
+                loop {
+                    let probed = replica.probed.notified();
+                    tokio::pin!(probed);
+                    probed.as_mut().enable();
+                    routing::probe(shared, index);
+                    let woken = tokio::time::timeout_at(deadline, probed).await.is_ok();
+                    if shared.is_fresh(replica, required) {
+                        return Ok(replica);
+                    }
+                    if !woken || !shared.is_fresh(replica, 0) {
+                        return Err(Reason::Behind);
+                    }
+                }
             }
         }
     }
@@ -773,17 +858,35 @@ impl Db {
     }
 }
 
-/// How long a look-up waits for a replica to be seen holding the handle's last write (read right
-/// then) before the primary answers it: a streaming standby on a healthy network replays within a
-/// millisecond or so.
+/// How long a look-up waits, at least, for a replica to be seen holding the handle's last write
+/// (read right then) before the primary answers it: a streaming standby on a healthy network
+/// replays within a millisecond or so. While the primary's round trip is longer, the wait is that.
 const CATCH_UP: Duration = Duration::from_millis(2);
+
+/// A replica may take this many of the primary's recent round trips (when that is more than the
+/// configured replica timeout) before the primary answers instead.
+const PATIENCE_ROUND_TRIPS: u32 = 4;
 
 /// Where a look-up goes.
 enum Pick<'a> {
     Replica(&'a Replica),
     /// Fresh, but not yet known to have replayed the handle's writes (the position required).
     Behind(usize, u64),
-    Primary,
+    Primary(Reason),
+}
+
+/// Why a look-up went to the primary without trying a replica ([`PrimaryReasons`]).
+#[derive(Clone, Copy)]
+enum Reason {
+    PrimaryOnly,
+    Unhealthy,
+    Stale,
+    Behind,
+    Unknown,
+}
+
+impl Reason {
+    const COUNT: usize = 5;
 }
 
 /// A write in progress: unless settled with its position, it is recorded as unknown when dropped.
@@ -831,14 +934,29 @@ impl Shared {
             .max(1)
     }
 
+    /// How long a look-up waits for a replica before the primary answers it: the configured
+    /// replica timeout, or a few of the primary's recent round trips when that is longer.
+    fn replica_patience(&self) -> Duration {
+        self.replica_timeout
+            .max(self.primary_latency.get() * PATIENCE_ROUND_TRIPS)
+    }
+
+    /// How long a look-up waits for a replica to replay the handle's last write: about one of the
+    /// primary's recent round trips (at least [`CATCH_UP`], at most the replica patience).
+    fn catch_up(&self) -> Duration {
+        self.primary_latency
+            .get()
+            .clamp(CATCH_UP, self.replica_patience().max(CATCH_UP))
+    }
+
     fn is_fresh(&self, replica: &Replica, required: u64) -> bool {
-        if !replica.healthy.load(Ordering::Acquire) {
-            return false;
-        }
-        let covered = replica.covered_until.load(Ordering::Acquire);
-        let max_lag = u64::try_from(self.max_lag.as_nanos()).unwrap_or(u64::MAX);
-        covered != 0
-            && self.now().saturating_sub(covered) <= max_lag
-            && replica.replayed.load(Ordering::Acquire) >= required
+        routing::fresh(
+            replica.healthy.load(Ordering::Acquire),
+            replica.covered_until.load(Ordering::Acquire),
+            self.now(),
+            u64::try_from(self.max_lag.as_nanos()).unwrap_or(u64::MAX),
+            replica.replayed.load(Ordering::Acquire),
+            required,
+        )
     }
 }

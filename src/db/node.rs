@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -120,8 +122,13 @@ pub(crate) struct Counts {
 /// few are in flight; past that they queue, and up to `lookup_size` of their callers send every
 /// queued look-up (up to `max_batch` a statement) in one statement.
 pub(crate) struct Node {
-    options: PgConnectOptions,
-    idle: std::sync::Mutex<Vec<PgConnection>>,
+    /// How to open a connection, shared with the tasks that open them.
+    opener: Arc<Opener>,
+    /// Idle connections, shared with the tasks that open them (a connection whose caller went away
+    /// while it opened lands here).
+    idle: Arc<std::sync::Mutex<Vec<PgConnection>>>,
+    /// Connections that exist (idle, lent, or just opened and not yet claimed).
+    live: Arc<AtomicUsize>,
     turns: Arc<Semaphore>,
     /// Identity look-up statements in flight at once when they are coalesced.
     lookup_size: usize,
@@ -134,10 +141,44 @@ pub(crate) struct Node {
     alone_up_to: usize,
     pub(crate) size: usize,
     max_batch: usize,
-    connect_timeout: Duration,
     /// The `statement_timeout` its connections carry.
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) counts: Counts,
+}
+
+/// Opens connections to one server, in tasks of their own: a caller that gives up while its
+/// connection opens (a deadline, a replica timeout) does not cancel the open, whose connection then
+/// waits idle for the next call. (Cancelled opens were how a slow host lost its replica for good:
+/// under load a connect took longer than the replica timeout, every look-up's connect was cut short
+/// at the timeout, and no connection to the replica ever came to exist.)
+struct Opener {
+    options: PgConnectOptions,
+    connect_timeout: Duration,
+    statement_timeout: Option<Duration>,
+}
+
+impl Opener {
+    /// Opens a connection within the connect timeout and sets its statement timeout (a `SET`, not
+    /// a startup option: PgBouncer refuses unknown startup options).
+    async fn open(&self) -> Result<PgConnection, Error> {
+        let opened = async {
+            let mut conn = PgConnection::connect_with(&self.options).await?;
+            if let Some(timeout) = self.statement_timeout {
+                let value = format!("{}ms", timeout.as_millis().max(1));
+                sqlx::query_scalar!(
+                    r#"SELECT set_config('statement_timeout', $1, false) AS "set!""#,
+                    value
+                )
+                .fetch_one(&mut conn)
+                .await?;
+            }
+            Ok::<_, Error>(conn)
+        };
+        match tokio::time::timeout(self.connect_timeout, opened).await {
+            Ok(conn) => conn,
+            Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
 }
 
 /// One connection lent to one call. Back to the idle list only when the call says it may be: a call
@@ -184,15 +225,16 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && self.reusable
-            && !self.node.turns.is_closed()
-        {
-            self.node
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && !self.node.turns.is_closed() {
+                self.node
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+            } else {
+                self.node.live.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -244,45 +286,67 @@ impl Node {
         Node {
             lookups_in_flight: AtomicUsize::new(0),
             alone_up_to,
-            options,
-            idle: std::sync::Mutex::new(Vec::with_capacity(size)),
+            opener: Arc::new(Opener {
+                options,
+                connect_timeout,
+                statement_timeout,
+            }),
+            idle: Arc::new(std::sync::Mutex::new(Vec::with_capacity(size))),
+            live: Arc::new(AtomicUsize::new(0)),
             turns: Arc::new(Semaphore::new(size)),
             lookup_size,
             busy: std::sync::atomic::AtomicBool::new(false),
             queue: std::sync::Mutex::new(Queue::default()),
             size,
             max_batch: max_batch.max(1),
-            connect_timeout,
             statement_timeout,
             counts: Counts::default(),
         }
     }
 
-    /// Opens a connection to this server, within the connect timeout, and sets its statement
-    /// timeout (a `SET`, not a startup option: PgBouncer refuses unknown startup options).
-    pub(crate) async fn open(&self) -> Result<PgConnection, Error> {
-        let opened = async {
-            let mut conn = PgConnection::connect_with(&self.options).await?;
-            if let Some(timeout) = self.statement_timeout {
-                let value = format!("{}ms", timeout.as_millis().max(1));
-                sqlx::query_scalar!(
-                    r#"SELECT set_config('statement_timeout', $1, false) AS "set!""#,
-                    value
-                )
-                .fetch_one(&mut conn)
-                .await?;
+    /// Opens a connection in a task of its own and waits for it: if this caller goes away first,
+    /// the connection, once open, waits idle for the next call (unless the server already has
+    /// `size` connections).
+    fn open_detached(&self) -> impl Future<Output = Result<PgConnection, Error>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let (opener, idle, live, size) = (
+            self.opener.clone(),
+            self.idle.clone(),
+            self.live.clone(),
+            self.size,
+        );
+        tokio::spawn(async move {
+            let opened = opener.open().await;
+            if let Ok(conn) = opened {
+                live.fetch_add(1, Ordering::AcqRel);
+                if let Err(Ok(conn)) = tx.send(Ok(conn)) {
+                    // Its caller went away: keep it for the next one, within the bound.
+                    if live.load(Ordering::Acquire) <= size {
+                        idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                    } else {
+                        live.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            } else {
+                let _ = tx.send(opened);
             }
-            Ok::<_, Error>(conn)
-        };
-        match tokio::time::timeout(self.connect_timeout, opened).await {
-            Ok(conn) => conn,
-            Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
+        });
+        async move {
+            rx.await
+                .unwrap_or(Err(Error::Database(sqlx::Error::WorkerCrashed)))
         }
+    }
+
+    /// Opens a connection outside the node's set (the check task's own), in a task of its own: a
+    /// check that stops waiting for it finds it open at a later check.
+    pub(crate) fn spawn_open(&self) -> tokio::task::JoinHandle<Result<PgConnection, Error>> {
+        let opener = self.opener.clone();
+        tokio::spawn(async move { opener.open().await })
     }
 
     /// Opens one connection now and keeps it idle: fails when the server cannot be reached.
     pub(crate) async fn warm(&self) -> Result<(), Error> {
-        let conn = self.open().await?;
+        let conn = self.open_detached().await?;
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -290,13 +354,21 @@ impl Node {
         Ok(())
     }
 
+    /// Starts opening one connection in the background when the server has none, so that the
+    /// first calls to a replica that comes into service find one open; returns at once.
+    pub(crate) fn prewarm(&self) {
+        if self.live.load(Ordering::Acquire) == 0 && !self.turns.is_closed() {
+            drop(self.open_detached());
+        }
+    }
+
     async fn lease_with(&self, turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            // Opening is rare, and its future (sqlx's connect) is kilobytes: boxed, it stays out
-            // of every call's future, which is moved (copied) as calls are built and awaited.
-            None => Box::pin(self.open()).await?,
+            // Opening is rare, and runs in a task of its own (its future, sqlx's connect, is
+            // kilobytes, and is boxed out of every call's future by the spawn).
+            None => self.open_detached().await?,
         };
         Ok(Lease {
             node: self,
@@ -439,6 +511,7 @@ impl Node {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for conn in idle {
+            self.live.fetch_sub(1, Ordering::AcqRel);
             let _ = conn.close().await;
         }
         self.fail_pending(&Error::Database(sqlx::Error::PoolClosed));

@@ -88,6 +88,40 @@ impl Samples {
     }
 }
 
+/// A recent high of the primary's round trip, as the check task measures it on its own connection
+/// (a statement's round trip, the open not included): each sample raises it at once, and it decays
+/// by an eighth at each check. On a host whose cores are saturated every round trip is slow, a
+/// replica's as much as the primary's; the replica timeout and the catch-up wait scale with it.
+#[derive(Default)]
+pub(crate) struct Latency(AtomicU64);
+
+impl Latency {
+    pub(crate) fn record(&self, round_trip: Duration) {
+        let sample = u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.0.load(Ordering::Relaxed);
+        self.0.store(sample.max(old - old / 8), Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether a replica may serve a look-up now (all times in nanoseconds since the handle's epoch):
+/// it was well at its last check, it is known to hold everything the primary committed before
+/// `covered` (0: nothing known) and that is at most `max_lag` ago, and it has replayed the
+/// position the look-up requires (the handle's own writes).
+pub(crate) fn fresh(
+    healthy: bool,
+    covered: u64,
+    now: u64,
+    max_lag: u64,
+    replayed: u64,
+    required: u64,
+) -> bool {
+    healthy && covered != 0 && now.saturating_sub(covered) <= max_lag && replayed >= required
+}
+
 /// The largest position a handle may be asked to wait for.
 pub(crate) const MAX_POSITION: u64 = i64::MAX as u64;
 
@@ -225,7 +259,8 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
             let replayed = replayed_now(lease.conn()).await;
             lease.finish(replayed)
         };
-        if let Ok(Ok(Some(replayed))) = tokio::time::timeout(shared.replica_timeout, read).await {
+        if let Ok(Ok(Some(replayed))) = tokio::time::timeout(shared.replica_patience(), read).await
+        {
             replica
                 .replayed
                 .fetch_max(u64::try_from(replayed).unwrap_or(0), Ordering::AcqRel);
@@ -238,8 +273,8 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
 /// The check task: every interval, the primary's position, then each replica's, each on a
 /// connection of the task's own, until the last handle is dropped.
 pub(crate) async fn check_replicas(shared: Weak<Shared>) {
-    let mut primary: Option<PgConnection> = None;
-    let mut replicas: Vec<Option<PgConnection>> = Vec::new();
+    let mut primary = Own::Closed;
+    let mut replicas: Vec<Own> = Vec::new();
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -247,7 +282,7 @@ pub(crate) async fn check_replicas(shared: Weak<Shared>) {
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        replicas.resize_with(shared.replicas.len(), || None);
+        replicas.resize_with(shared.replicas.len(), || Own::Closed);
         let interval = shared.check_interval;
         let started = Instant::now();
         check_once(&shared, &mut primary, &mut replicas).await;
@@ -256,37 +291,52 @@ pub(crate) async fn check_replicas(shared: Weak<Shared>) {
     }
 }
 
+/// The check task's connection to one server.
+enum Own {
+    Closed,
+    /// Opening in a task of its own: a check that stops waiting for it leaves it opening, and a
+    /// later check takes it (on a slow host a connect may take longer than one check may wait).
+    Opening(tokio::task::JoinHandle<Result<PgConnection, Error>>),
+    Open(PgConnection),
+}
+
 /// Runs `read` on the connection in `slot` (opening it first), within `timeout`; a failure closes
-/// the connection, and the next check opens a new one.
+/// the connection, and the next check opens a new one. Returns the value and how long the read
+/// itself took (the open not included).
 async fn on_own_connection<T>(
     node: &Node,
-    slot: &mut Option<PgConnection>,
+    slot: &mut Own,
     timeout: Duration,
     read: impl AsyncFnOnce(&mut PgConnection) -> Result<T, Error>,
-) -> Option<T> {
-    let attempt = async {
-        if slot.is_none() {
-            *slot = Some(node.open().await?);
+) -> Option<(T, Duration)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if let Own::Closed = slot {
+        *slot = Own::Opening(node.spawn_open());
+    }
+    if let Own::Opening(handle) = slot {
+        match tokio::time::timeout_at(deadline, handle).await {
+            Err(_) => return None, // still opening: the next check waits for it again
+            Ok(Ok(Ok(conn))) => *slot = Own::Open(conn),
+            Ok(_) => {
+                *slot = Own::Closed;
+                return None;
+            }
         }
-        let Some(conn) = slot.as_mut() else {
-            unreachable!("opened above")
-        };
-        read(conn).await
+    }
+    let Own::Open(conn) = slot else {
+        return None;
     };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(value)) => Some(value),
+    let started = Instant::now();
+    match tokio::time::timeout_at(deadline, read(conn)).await {
+        Ok(Ok(value)) => Some((value, started.elapsed())),
         _ => {
-            *slot = None;
+            *slot = Own::Closed;
             None
         }
     }
 }
 
-async fn check_once(
-    shared: &Arc<Shared>,
-    primary: &mut Option<PgConnection>,
-    replicas: &mut [Option<PgConnection>],
-) {
+async fn check_once(shared: &Arc<Shared>, primary: &mut Own, replicas: &mut [Own]) {
     let timeout = shared.check_interval.max(Duration::from_millis(500));
     let sampled_at = shared.now();
     let position = on_own_connection(&shared.primary, primary, timeout, async |c| {
@@ -295,9 +345,10 @@ async fn check_once(
     .await;
     // Without the primary's position nothing new is known; the replicas' coverage ages, and they
     // stop serving once it passes the bound.
-    let Some((position, system)) = position else {
+    let Some(((position, system), round_trip)) = position else {
         return;
     };
+    shared.primary_latency.record(round_trip);
     let keep =
         u64::try_from((shared.max_lag + 2 * shared.check_interval).as_nanos()).unwrap_or(u64::MAX);
     shared.samples.push(sampled_at, position, keep);
@@ -306,6 +357,7 @@ async fn check_once(
             replica_status(c).await
         })
         .await;
+        let status = status.map(|(status, _)| status);
         let foreign = status.as_ref().is_some_and(|s| s.system != system);
         replica.foreign.store(foreign, Ordering::Release);
         match status {
@@ -324,9 +376,99 @@ async fn check_once(
                     .store(shared.samples.covered_by(replayed), Ordering::Release);
                 replica.replayed.store(replayed, Ordering::Release);
                 replica.healthy.store(true, Ordering::Release);
+                // Look-ups that come to it find a connection open.
+                replica.node.prewarm();
             }
             // Paused, promoted (no longer in recovery), unreachable, failing or too slow.
             _ => replica.healthy.store(false, Ordering::Release),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// A replica that stops replaying while it stays well (a long apply delay, a replay stuck
+    /// behind a lock): its coverage ages with every check, and it stops serving once the
+    /// primary's sample it holds is older than `max_lag`, within one check. The samples are kept
+    /// far longer than `max_lag` here, so that only the bound, not their eviction, can take the
+    /// replica out.
+    #[test]
+    fn a_replica_whose_coverage_ages_stops_serving_within_max_lag_and_one_check() {
+        let check = 50 * MS;
+        let max_lag = 500 * MS;
+        for keep in [100 * max_lag, max_lag + 2 * check] {
+            let samples = Samples::default();
+            // The primary writes on: its position grows 1000 a check; the replica replays up to
+            // the sample of t = 1 s, then nothing more.
+            let stuck_at = 1_000 * MS;
+            let mut replayed = 0;
+            let mut last_serving = None;
+            let mut first_refused = None;
+            for k in 1..=200u64 {
+                let now = k * check;
+                samples.push(now, k * 1_000, keep);
+                if now <= stuck_at {
+                    replayed = k * 1_000;
+                }
+                let covered = samples.covered_by(replayed);
+                // Between checks, at the check and just before the next one.
+                for at in [now, now + check - 1] {
+                    if fresh(true, covered, at, max_lag, replayed, 0) {
+                        last_serving = Some(at);
+                        assert!(
+                            first_refused.is_none(),
+                            "served again at {at} (keep {keep})"
+                        );
+                    } else if now > stuck_at {
+                        first_refused.get_or_insert(at);
+                    }
+                }
+            }
+            let last = last_serving.expect("it served while it replayed");
+            assert!(
+                last <= stuck_at + max_lag,
+                "served {} ms after its coverage stopped (max_lag {} ms, keep {keep})",
+                (last - stuck_at) / MS,
+                max_lag / MS
+            );
+            let refused = first_refused.expect("it stopped serving");
+            assert!(
+                refused <= stuck_at + max_lag + check,
+                "still served {} ms after its coverage stopped",
+                (refused - stuck_at) / MS
+            );
+        }
+    }
+
+    #[test]
+    fn each_condition_of_freshness_is_needed() {
+        let (now, max_lag) = (10_000 * MS, 1_000 * MS);
+        let covered = now - max_lag;
+        assert!(fresh(true, covered, now, max_lag, 7, 7));
+        assert!(!fresh(false, covered, now, max_lag, 7, 7), "not well");
+        assert!(!fresh(true, 0, now, max_lag, 7, 7), "nothing known");
+        assert!(
+            !fresh(true, covered - 1, now, max_lag, 7, 7),
+            "a nanosecond staler than the bound"
+        );
+        assert!(
+            !fresh(true, covered, now, max_lag, 6, 7),
+            "behind the handle's writes"
+        );
+    }
+
+    #[test]
+    fn the_primary_latency_rises_at_once_and_decays_by_an_eighth() {
+        let latency = Latency::default();
+        latency.record(Duration::from_millis(80));
+        assert_eq!(latency.get(), Duration::from_millis(80));
+        latency.record(Duration::from_millis(1));
+        assert_eq!(latency.get(), Duration::from_millis(70));
+        latency.record(Duration::from_millis(200));
+        assert_eq!(latency.get(), Duration::from_millis(200));
     }
 }

@@ -252,3 +252,66 @@ async fn a_standby_of_another_cluster_is_refused(primary: PgPool) {
     db.close().await;
     foreign_script("down");
 }
+
+/// A TCP relay on 127.0.0.1 in front of `options`' server that holds every new connection for
+/// `delay` before it passes anything on: a replica whose connects are slow (far away, TLS, a
+/// saturated host), whose statements are not. Returns the options through the relay.
+async fn behind_a_slow_connect(options: &PgConnectOptions, delay: Duration) -> PgConnectOptions {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    options.clone().host("127.0.0.1").port(port)
+}
+
+/// A replica whose connects take longer than the replica timeout (400 ms against 250 ms) still
+/// serves: a look-up that gives up on it does not cancel the connect it started, so a connection
+/// comes to exist and the next look-ups use it. (They used to cancel it: on a slow host, where a
+/// connect outlasted the replica timeout, every look-up started a connect and cut it short, no
+/// connection to the replica ever came to exist, and the standby served 0 % of look-ups.)
+#[sqlx::test]
+async fn a_replica_slower_to_connect_than_the_replica_timeout_serves(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let slow = behind_a_slow_connect(&options, Duration::from_millis(400)).await;
+    let db = Db::builder(primary_options(&primary))
+        .replicas([slow])
+        .check_interval(CHECK)
+        .replica_timeout(Duration::from_millis(250))
+        .build()
+        .await
+        .unwrap();
+    let identities = users(&db, 4, "slowconnect").await;
+    let reader = db.session();
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+    // Look-ups, one after another, until the replica has answered one (each connect it needs
+    // finishes in the background); then nearly all go to it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.session_stats().replicas == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never answered: {:?}",
+            reader.stats()
+        );
+        answers(&reader, &identities[0]).await;
+    }
+    let before = reader.stats();
+    for k in 0..200 {
+        answers(&reader, &identities[k % identities.len()]).await;
+    }
+    let after = reader.stats();
+    let on_replica = after.replicas[0] - before.replicas[0];
+    assert!(
+        on_replica >= 180,
+        "{on_replica} of 200 on the replica: {after:?}"
+    );
+}
