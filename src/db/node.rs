@@ -124,11 +124,9 @@ pub(crate) struct Counts {
 pub(crate) struct Node {
     /// How to open a connection, shared with the tasks that open them.
     opener: Arc<Opener>,
-    /// Idle connections, shared with the tasks that open them (a connection whose caller went away
-    /// while it opened lands here).
-    idle: Arc<std::sync::Mutex<Vec<PgConnection>>>,
-    /// Connections that exist (idle, lent, or just opened and not yet claimed).
-    live: Arc<AtomicUsize>,
+    /// Its connections, shared with the tasks that open them (a connection whose caller went away
+    /// while it opened lands there, idle).
+    conns: Arc<Conns>,
     turns: Arc<Semaphore>,
     /// Identity look-up statements in flight at once when they are coalesced.
     lookup_size: usize,
@@ -144,6 +142,47 @@ pub(crate) struct Node {
     /// The `statement_timeout` its connections carry.
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) counts: Counts,
+}
+
+/// One server's connections: the idle ones, and how many exist (idle, lent or opening), at most
+/// the node's size. A call that finds none idle opens one while fewer exist, else waits for one to
+/// be returned: however often callers give up while connections open, no more than `size` exist
+/// or open at once (no connect storm on a slow host).
+struct Conns {
+    idle: std::sync::Mutex<Vec<PgConnection>>,
+    live: AtomicUsize,
+    /// Woken (one waiter, or the next to wait) when a connection is returned or one fewer exists.
+    returned: tokio::sync::Notify,
+    size: usize,
+}
+
+impl Conns {
+    fn pop(&self) -> Option<PgConnection> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put(&self, conn: PgConnection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        self.returned.notify_one();
+    }
+
+    /// A connection that existed is gone (closed, broken, or its open failed).
+    fn discard(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.returned.notify_one();
+    }
+
+    /// Counts one more connection, if fewer than `size` exist.
+    fn try_reserve(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.size).then_some(n + 1)
+            })
+            .is_ok()
+    }
 }
 
 /// Opens connections to one server, in tasks of their own: a caller that gives up while its
@@ -227,13 +266,10 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.reusable && !self.node.turns.is_closed() {
-                self.node
-                    .idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(conn);
+                self.node.conns.put(conn);
             } else {
-                self.node.live.fetch_sub(1, Ordering::AcqRel);
+                drop(conn);
+                self.node.conns.discard();
             }
         }
     }
@@ -291,8 +327,12 @@ impl Node {
                 connect_timeout,
                 statement_timeout,
             }),
-            idle: Arc::new(std::sync::Mutex::new(Vec::with_capacity(size))),
-            live: Arc::new(AtomicUsize::new(0)),
+            conns: Arc::new(Conns {
+                idle: std::sync::Mutex::new(Vec::with_capacity(size)),
+                live: AtomicUsize::new(0),
+                returned: tokio::sync::Notify::new(),
+                size,
+            }),
             turns: Arc::new(Semaphore::new(size)),
             lookup_size,
             busy: std::sync::atomic::AtomicBool::new(false),
@@ -304,31 +344,24 @@ impl Node {
         }
     }
 
-    /// Opens a connection in a task of its own and waits for it: if this caller goes away first,
-    /// the connection, once open, waits idle for the next call (unless the server already has
-    /// `size` connections).
+    /// Opens a connection (already counted by [`Conns::try_reserve`]) in a task of its own and
+    /// waits for it: if this caller goes away first, the connection, once open, waits idle for the
+    /// next call.
     fn open_detached(&self) -> impl Future<Output = Result<PgConnection, Error>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let (opener, idle, live, size) = (
-            self.opener.clone(),
-            self.idle.clone(),
-            self.live.clone(),
-            self.size,
-        );
+        let (opener, conns) = (self.opener.clone(), self.conns.clone());
         tokio::spawn(async move {
-            let opened = opener.open().await;
-            if let Ok(conn) = opened {
-                live.fetch_add(1, Ordering::AcqRel);
-                if let Err(Ok(conn)) = tx.send(Ok(conn)) {
-                    // Its caller went away: keep it for the next one, within the bound.
-                    if live.load(Ordering::Acquire) <= size {
-                        idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-                    } else {
-                        live.fetch_sub(1, Ordering::AcqRel);
+            match opener.open().await {
+                Ok(conn) => {
+                    if let Err(Ok(conn)) = tx.send(Ok(conn)) {
+                        // Its caller went away: kept for the next one.
+                        conns.put(conn);
                     }
                 }
-            } else {
-                let _ = tx.send(opened);
+                Err(e) => {
+                    conns.discard();
+                    let _ = tx.send(Err(e));
+                }
             }
         });
         async move {
@@ -346,29 +379,43 @@ impl Node {
 
     /// Opens one connection now and keeps it idle: fails when the server cannot be reached.
     pub(crate) async fn warm(&self) -> Result<(), Error> {
-        let conn = self.open_detached().await?;
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+        if self.conns.try_reserve() {
+            let conn = self.open_detached().await?;
+            self.conns.put(conn);
+        }
         Ok(())
     }
 
     /// Starts opening one connection in the background when the server has none, so that the
     /// first calls to a replica that comes into service find one open; returns at once.
     pub(crate) fn prewarm(&self) {
-        if self.live.load(Ordering::Acquire) == 0 && !self.turns.is_closed() {
+        if self.conns.live.load(Ordering::Acquire) == 0
+            && !self.turns.is_closed()
+            && self.conns.try_reserve()
+        {
             drop(self.open_detached());
         }
     }
 
     async fn lease_with(&self, turn: OwnedSemaphorePermit) -> Result<Lease<'_>, Error> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            // Opening is rare, and runs in a task of its own (its future, sqlx's connect, is
-            // kilobytes, and is boxed out of every call's future by the spawn).
-            None => self.open_detached().await?,
+        let conn = loop {
+            if let Some(conn) = self.conns.pop() {
+                break conn;
+            }
+            if self.conns.try_reserve() {
+                // Opening is rare, and runs in a task of its own (its future, sqlx's connect, is
+                // kilobytes, and is boxed out of every call's future by the spawn).
+                break self.open_detached().await?;
+            }
+            // Every connection is lent or opening (for callers that went away): the next one
+            // returned, or a place freed, is this call's.
+            let returned = self.conns.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.conns.pop() {
+                break conn;
+            }
+            returned.await;
         };
         Ok(Lease {
             node: self,
@@ -509,9 +556,9 @@ impl Node {
     pub(crate) async fn close(&self) {
         self.turns.close();
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let idle = std::mem::take(&mut *self.conns.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for conn in idle {
-            self.live.fetch_sub(1, Ordering::AcqRel);
+            self.conns.discard();
             let _ = conn.close().await;
         }
         self.fail_pending(&Error::Database(sqlx::Error::PoolClosed));
