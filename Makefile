@@ -29,11 +29,14 @@ $(error unknown ENV; valid: $(VALID_ENVS))
 endif
 export LIVERMORE_ENV := $(value ENV)
 export LIVERMORE_IMPORT_FILE := $(value FILE)
+export LIVERMORE_TIMING_RUNS := $(value RUNS)
+export LIVERMORE_TIMING_FILTER := $(value FILTER)
 # make exports command-line variables to every recipe, expanding them on the way: not these.
-unexport ENV FILE DRY_RUN
+unexport ENV FILE DRY_RUN RUNS FILTER
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
-  test-consumer test-make test-package lint doc fmt example webhook bench bench-cost bench-migrate
+  test-consumer test-make test-package lint doc fmt example webhook bench bench-cost bench-migrate \
+  timing-under-load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -114,6 +117,13 @@ test: sqlx-cli ## Everything CI checks: tests, consumer build, packaging, cache 
 	echo "== cargo sqlx prepare --check"; \
 	$(CARGO) sqlx prepare --check -- --all-targets --all-features
 	@$(MAKE) --no-print-directory test-consumer test-make test-package doc lint
+
+# Not part of `make test` (20 runs take about 15 minutes on 2 cores): run it after changing anything
+# that a timing test bounds (routing, the handle's connections, the timing tests themselves).
+timing-under-load: sqlx-cli ## The timing tests RUNS times (default 20) with every core kept busy (FILTER= some)
+	@$(call FRESH_DB,livermore_test) \
+	DATABASE_URL="$$url" RUNS="$$LIVERMORE_TIMING_RUNS" FILTER="$$LIVERMORE_TIMING_FILTER" \
+	  scripts/timing-under-load.sh
 
 test-make: sqlx-cli ## make hands FILE and ENV to commands as data: names with quotes, $(…), spaces
 	@echo "== make passes values, never code"
