@@ -35,8 +35,8 @@ export LIVERMORE_TIMING_FILTER := $(value FILTER)
 unexport ENV FILE DRY_RUN RUNS FILTER
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
-  test-consumer test-make test-package lint doc fmt example webhook bench bench-cost bench-migrate \
-  timing-under-load
+  test-consumer test-make test-package test-typescript typescript-roles lint doc fmt example webhook bench \
+  bench-cost bench-migrate timing-under-load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -116,7 +116,16 @@ test: sqlx-cli ## Everything CI checks: tests, consumer build, packaging, cache 
 	DATABASE_URL="$$url" SQLX_OFFLINE=true $(CARGO) test --doc --all-features; \
 	echo "== cargo sqlx prepare --check"; \
 	$(CARGO) sqlx prepare --check -- --all-targets --all-features
-	@$(MAKE) --no-print-directory test-consumer test-make test-package doc lint
+	@$(MAKE) --no-print-directory test-consumer test-make test-package test-typescript doc lint
+
+# The TypeScript services' role module, generated from the Role enum (docs/typescript.md). The test
+# suite fails while the committed copy differs from what the enum generates.
+typescript-roles: ## Write docs/typescript/role.ts from the Role enum (after adding a role; commit it)
+	@SQLX_OFFLINE=true $(CARGO) run --quiet --features cli --bin livermore-db -- roles --typescript docs/typescript/role.ts
+	@echo "wrote docs/typescript/role.ts"
+
+test-typescript: ## Compile docs/typescript/role.ts with a pinned tsc --strict and run it under node --test
+	@scripts/typescript-check.sh
 
 # Not part of `make test` (20 runs take about 15 minutes on 2 cores): run it after changing anything
 # that a timing test bounds (routing, the handle's connections, the timing tests themselves).

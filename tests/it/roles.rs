@@ -180,3 +180,31 @@ async fn the_role_check_constraint_lists_exactly_the_enum(pool: PgPool) {
         );
     }
 }
+
+/// The TypeScript services' `role.ts` (committed in docs/typescript/) is what the crate generates
+/// now, and lists exactly the roles the migrated database's `users_role_check` allows: a role added
+/// on one side and not the others fails here. (`make test` then compiles the file under
+/// `tsc --strict` and runs it: scripts/typescript-check.sh.)
+#[sqlx::test]
+async fn the_typescript_roles_file_is_generated_and_matches_the_database(pool: PgPool) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/typescript/role.ts");
+    let committed = std::fs::read_to_string(path).unwrap();
+    assert!(
+        committed == Role::typescript_module(),
+        "docs/typescript/role.ts is not what the Role enum generates: run `make typescript-roles` and commit it"
+    );
+    let line = committed
+        .lines()
+        .find(|l| l.starts_with("export const USER_ROLES = ["))
+        .expect("role.ts exports USER_ROLES");
+    let in_file = quoted_literals(line);
+    let definition = sqlx::query_scalar!(
+        r#"SELECT pg_get_constraintdef(oid) AS "definition!" FROM pg_constraint
+           WHERE conrelid = 'users'::regclass AND conname = 'users_role_check'"#
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(quoted_literals(&definition), in_file, "{definition}");
+    assert_eq!(in_file, Role::NAMES);
+}

@@ -75,6 +75,39 @@ enum Command {
         #[arg(long, default_value_t = livermore_db::clerk::DEFAULT_BATCH_SIZE, value_parser = positive)]
         batch_size: usize,
     },
+    /// Print the roles, one a line; with --typescript, write the TypeScript services' `role.ts`
+    /// (generated from the crate's `Role` enum; see docs/typescript.md). Needs no database.
+    Roles {
+        /// Write the TypeScript module instead: to PATH, or to stdout when PATH is `-` or absent.
+        #[arg(long)]
+        typescript: bool,
+        /// Where to write the TypeScript module (with --typescript).
+        #[arg(requires = "typescript")]
+        path: Option<PathBuf>,
+    },
+}
+
+/// `roles`: the spellings, or the TypeScript module written to `path` (stdout for `-` or none).
+fn roles(typescript: bool, path: Option<&std::path::Path>) -> ExitCode {
+    use std::io::Write;
+    let text = if typescript {
+        livermore_db::Role::typescript_module()
+    } else {
+        livermore_db::Role::NAMES.join("\n") + "\n"
+    };
+    let written = match path.filter(|p| p.as_os_str() != "-") {
+        Some(path) => std::fs::write(path, &text).map_err(|e| (path.display().to_string(), e)),
+        None => std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| ("stdout".to_owned(), e)),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((place, e)) => {
+            eprintln!("error: cannot write {place}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -100,6 +133,7 @@ async fn run(target: &Target, command: Command) -> Result<Done, Failure> {
         Command::ImportClerk { file, batch_size } => {
             import::import_clerk(target, &file, batch_size).await?
         }
+        Command::Roles { .. } => unreachable!("main runs `roles` without a database"),
     };
     Ok(if ok { Done::Ok } else { Done::Differs })
 }
@@ -121,6 +155,9 @@ fn forget_libpq_environment() {
 fn main() -> ExitCode {
     forget_libpq_environment();
     let cli = Cli::parse();
+    if let Command::Roles { typescript, path } = &cli.command {
+        return roles(*typescript, path.as_deref());
+    }
     let deadline = std::env::var("LIVERMORE_COMMAND_TIMEOUT")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
