@@ -389,6 +389,43 @@ mod tests {
         }
     }
 
+    /// Each length limit holds exactly at its boundary, counted in characters (not bytes): the
+    /// longest value the column takes passes, one character more is `InvalidInput` on that field.
+    #[test]
+    fn every_length_limit_is_exact_at_its_boundary() {
+        let url =
+            |chars: usize| format!("https://a.b/{}", "é".repeat(chars - "https://a.b/".len()));
+        assert!(PictureUrl::parse(&url(PictureUrl::MAX_CHARS)).is_ok());
+        assert_eq!(
+            field_of(PictureUrl::parse(&url(PictureUrl::MAX_CHARS + 1))),
+            "picture_url"
+        );
+        let email = |chars: usize| format!("{}@b", "é".repeat(chars - 2));
+        assert!(Email::parse(&email(Email::MAX_CHARS)).is_ok());
+        assert_eq!(
+            field_of(Email::parse(&email(Email::MAX_CHARS + 1))),
+            "email"
+        );
+        assert!(Subject::parse(&"é".repeat(Subject::MAX_CHARS)).is_ok());
+        assert_eq!(
+            field_of(Subject::parse(&"é".repeat(Subject::MAX_CHARS + 1))),
+            "subject"
+        );
+        assert!(Provider::parse(&"a".repeat(Provider::MAX_CHARS)).is_ok());
+        assert_eq!(
+            field_of(Provider::parse(&"a".repeat(Provider::MAX_CHARS + 1))),
+            "provider"
+        );
+        let name = DisplayName::parse(&"é".repeat(DisplayName::MAX_CHARS + 1)).unwrap();
+        assert_eq!(name.as_str().chars().count(), DisplayName::MAX_CHARS);
+        assert_eq!(
+            (PictureUrl::MAX_CHARS, Email::MAX_CHARS, Subject::MAX_CHARS),
+            (2048, 255, 255),
+            "the columns' sizes (identity_picture_url is TEXT: 2048 is the crate's own bound)"
+        );
+        assert_eq!((Provider::MAX_CHARS, DisplayName::MAX_CHARS), (20, 100));
+    }
+
     #[test]
     fn profile_reports_the_first_bad_field() {
         assert_eq!(

@@ -584,6 +584,65 @@ mod tests {
         }
     }
 
+    /// With several secrets configured, a request must still carry a `v1` signature of this very
+    /// message under one of them: one signed by a secret not in the list, or carrying a signature
+    /// that is valid but for another message (another id, time or body) beside a bad entry, is
+    /// refused, whatever the list's length and order.
+    #[test]
+    fn with_several_secrets_a_request_signed_by_none_is_refused() {
+        let body = br#"{"test": 2432232314}"#;
+        let ts = 1614265330;
+        let other = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let third = "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+        let stranger =
+            WebhookVerifier::from_list("whsec_CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC").unwrap();
+        let forged = stranger.sign(ID, ts, body);
+        let lists = [
+            format!("{SECRET} {other}"),
+            format!("{other} {SECRET}"),
+            format!("{other} {third} {SECRET}"),
+            format!("{third} {SECRET} {other}"),
+        ];
+        for list in &lists {
+            let verifier = WebhookVerifier::from_list(list).unwrap();
+            let signer = WebhookVerifier::from_list(SECRET).unwrap();
+            // Valid signatures of other messages under a configured secret.
+            let other_id = signer.sign("msg_other", ts, body);
+            let other_time = signer.sign(ID, ts + 1, body);
+            let other_body = signer.sign(ID, ts, br#"{"test": 2432232315}"#);
+            for header in [
+                forged.clone(),
+                format!("v1,AAAA {other_id}"),
+                format!("{forged} {other_time}"),
+                format!("v1,bm9wZQ== {other_body} v2,{}", &SIGNATURE[3..]),
+            ] {
+                let h = [
+                    ("svix-id", ID),
+                    ("svix-timestamp", TIMESTAMP),
+                    ("svix-signature", header.as_str()),
+                ];
+                let h = headers(&h).unwrap();
+                assert!(!signature_of(&verifier, &h, body), "{list}: {header}");
+                assert_eq!(
+                    verifier.verify_at(&h, body, at(1614265330)).unwrap_err(),
+                    WebhookError::NoValidSignature,
+                    "{list}: {header}"
+                );
+            }
+            // The genuine signature beside the same bad entries is accepted.
+            let good = format!("v1,AAAA {other_id} {SIGNATURE}");
+            let h = [
+                ("svix-id", ID),
+                ("svix-timestamp", TIMESTAMP),
+                ("svix-signature", good.as_str()),
+            ];
+            assert!(
+                signature_of(&verifier, &headers(&h).unwrap(), body),
+                "{list}"
+            );
+        }
+    }
+
     /// Every entry up to the header's size limit is read: a valid `v1` entry after any number of
     /// entries of other versions (or bad ones) is accepted; a header over 8 KiB is refused whole.
     #[test]

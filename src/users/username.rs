@@ -107,18 +107,44 @@ impl<'e> UsernameRetries<'e> {
         conn: &mut PgConnection,
         e: sqlx::Error,
     ) -> Result<(), Error> {
-        match unique_violation(&e) {
-            Some("users_username_unique") => self.username_taken(conn).await,
-            Some("users_email_unique") if !self.email_retried => {
-                self.email_retried = true;
-                Ok(())
-            }
-            Some("users_email_unique") => Err(Error::EmailTaken {
+        match self.next_after(unique_violation(&e)) {
+            Next::OtherUsername => self.username_taken(conn).await,
+            Next::Again => Ok(()),
+            Next::EmailTaken => Err(Error::EmailTaken {
                 email: self.email.as_str().to_owned(),
             }),
-            _ => Err(e.into()),
+            Next::Fail => Err(e.into()),
         }
     }
+
+    /// The decision after an attempt failed on `constraint` (a unique violation's, or none): the
+    /// first collision on the e-mail index is retried as it is (a concurrent first sign-in of the
+    /// same identity commits its row, and the retry then finds it by identity); a second one is
+    /// another user's address.
+    fn next_after(&mut self, constraint: Option<&str>) -> Next {
+        match constraint {
+            Some("users_username_unique") => Next::OtherUsername,
+            Some("users_email_unique") if !self.email_retried => {
+                self.email_retried = true;
+                Next::Again
+            }
+            Some("users_email_unique") => Next::EmailTaken,
+            _ => Next::Fail,
+        }
+    }
+}
+
+/// What [`UsernameRetries::after`] does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Try the next username.
+    OtherUsername,
+    /// Try the same statement again.
+    Again,
+    /// Give up: the address is another user's.
+    EmailTaken,
+    /// Give up with the error itself.
+    Fail,
 }
 
 /// `base_N` for the smallest N ≥ 2 that no user has, as the database sees it now.
@@ -190,6 +216,37 @@ pub(crate) async fn free_usernames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A concurrent first sign-in of the same identity can collide on the e-mail index before its
+    /// row is visible: the first such collision is retried (the retry finds the row by identity),
+    /// only a second one is `EmailTaken`; a username collision moves to the next name; anything
+    /// else fails as it is.
+    #[test]
+    fn the_first_email_collision_is_retried_and_the_second_is_final() {
+        let email = Email::parse("ada@example.com").unwrap();
+        let mut retries = UsernameRetries::new(&email);
+        assert_eq!(retries.next_after(Some("users_email_unique")), Next::Again);
+        assert_eq!(
+            retries.next_after(Some("users_email_unique")),
+            Next::EmailTaken
+        );
+        assert_eq!(
+            retries.next_after(Some("users_email_unique")),
+            Next::EmailTaken
+        );
+        let mut retries = UsernameRetries::new(&email);
+        assert_eq!(
+            retries.next_after(Some("users_username_unique")),
+            Next::OtherUsername
+        );
+        assert_eq!(
+            retries.next_after(Some("users_username_unique")),
+            Next::OtherUsername
+        );
+        assert_eq!(retries.next_after(Some("users_email_unique")), Next::Again);
+        assert_eq!(retries.next_after(Some("users_pkey")), Next::Fail);
+        assert_eq!(retries.next_after(None), Next::Fail);
+    }
 
     #[test]
     fn usernames_come_from_the_local_part_and_fit() {

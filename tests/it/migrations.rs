@@ -639,3 +639,142 @@ async fn an_index_a_failed_build_left_invalid_stops_migrating(pool: PgPool) {
     assert_eq!(applied_versions(&pool).await, all_versions());
     assert_eq!(users_shape(&pool).await, expected_users_shape());
 }
+
+/// Every refusal of every down, one at a time: with exactly one column (or table) that a down would
+/// drop holding data, undoing that one migration refuses, naming it, and changes nothing; with the
+/// data gone, the same down goes through. (`identity_sub` is refused together with
+/// `identity_provider`: the pair check lets neither hold a value alone.)
+#[sqlx::test(migrations = false)]
+async fn every_down_refuses_each_kind_of_data_it_would_drop(pool: PgPool) {
+    // (migration, the data, what the refusal names)
+    let cases: &[(i64, &str, &str)] = &[
+        (
+            1,
+            "INSERT INTO users (username, email) VALUES ('ada', 'ada@x.test')",
+            "refusing to drop table users: it holds 1 rows",
+        ),
+        (
+            2,
+            "INSERT INTO users (username, email, identity_provider, identity_sub) VALUES ('ada', 'ada@x.test', 'clerk', 'user_1')",
+            "refusing to drop column users.identity_provider: it holds data",
+        ),
+        (
+            2,
+            "INSERT INTO users (username, email, display_name) VALUES ('ada', 'ada@x.test', 'Ada')",
+            "refusing to drop column users.display_name: it holds data",
+        ),
+        (
+            2,
+            "INSERT INTO users (username, email, identity_picture_url) VALUES ('ada', 'ada@x.test', 'https://a.b/c.png')",
+            "refusing to drop column users.identity_picture_url: it holds data",
+        ),
+        (
+            2,
+            "INSERT INTO users (username, email, role) VALUES ('ada', 'ada@x.test', 'admin')",
+            "refusing to drop column users.role: it holds data",
+        ),
+        (
+            2,
+            "INSERT INTO users (username, email, last_login_at) VALUES ('ada', 'ada@x.test', now())",
+            "refusing to drop column users.last_login_at: it holds data",
+        ),
+        (
+            4,
+            "INSERT INTO identity_tombstones (identity_provider, identity_sub, deleted_at) VALUES ('clerk', 'user_1', now())",
+            "refusing to drop table identity_tombstones: it holds data",
+        ),
+        (
+            4,
+            "INSERT INTO users (username, email, identity_updated_at) VALUES ('ada', 'ada@x.test', now())",
+            "refusing to drop column users.identity_updated_at: it holds data",
+        ),
+        (
+            4,
+            "INSERT INTO users (username, email, identity_role_updated_at) VALUES ('ada', 'ada@x.test', now())",
+            "refusing to drop column users.identity_role_updated_at: it holds data",
+        ),
+        (
+            5,
+            "INSERT INTO users (username, email, released_email) VALUES ('ada', 'deleted@x.test', 'ada@x.test')",
+            "refusing to drop column users.released_email: it holds data",
+        ),
+        (
+            5,
+            "INSERT INTO users (username, email, role_source) VALUES ('ada', 'ada@x.test', 'clerk')",
+            "refusing to drop column users.role_source: roles set by Clerk",
+        ),
+        (
+            6,
+            "INSERT INTO users (username, email, clerk_role) VALUES ('ada', 'ada@x.test', 'admin')",
+            "refusing to drop column users.clerk_role: it holds data",
+        ),
+    ];
+    // A row at the default in every column: no down refuses over it but the baseline's.
+    let plain = "INSERT INTO users (username, email) VALUES ('plain', 'plain@x.test')";
+    MIGRATOR.run_to(1, &pool).await.expect("the baseline");
+    for &(version, data, refusal) in cases {
+        // At exactly `version`, with only the data of this case.
+        // (Each alone: before 0004 there is no tombstones table, and before 0001 no users.)
+        sqlx::raw_sql("DELETE FROM users").execute(&pool).await.ok();
+        sqlx::raw_sql("DELETE FROM identity_tombstones")
+            .execute(&pool)
+            .await
+            .ok();
+        let at = applied_versions(&pool).await.last().copied().unwrap_or(0);
+        if at > version {
+            MIGRATOR
+                .undo(&pool, version)
+                .await
+                .expect("down to the case's version");
+        } else {
+            MIGRATOR
+                .run_to(version, &pool)
+                .await
+                .expect("up to the case's version");
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(data.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{data}: {e}"));
+        if version > 1 {
+            sqlx::raw_sql(plain).execute(&pool).await.unwrap();
+        }
+        let shape = users_shape(&pool).await;
+        let rows = rows_of(&pool, "users").await;
+        let err = MIGRATOR
+            .undo(&pool, version - 1)
+            .await
+            .expect_err(&format!("down {version} with {data}"));
+        assert!(
+            err.to_string()
+                .contains(&format!("livermore-db 000{version} down: {refusal}")),
+            "down {version} with {data}: {err}"
+        );
+        assert_eq!(users_shape(&pool).await, shape, "{data}: changed nothing");
+        assert_eq!(rows_of(&pool, "users").await, rows, "{data}");
+        assert_eq!(
+            applied_versions(&pool).await.last(),
+            Some(&version),
+            "{data}"
+        );
+        // Without the data the same down goes through (the plain row does not stop it).
+        sqlx::raw_sql("DELETE FROM users WHERE username <> 'plain'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql("DELETE FROM identity_tombstones")
+            .execute(&pool)
+            .await
+            .ok();
+        if version == 1 {
+            sqlx::raw_sql("DELETE FROM users")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        MIGRATOR
+            .undo(&pool, version - 1)
+            .await
+            .unwrap_or_else(|e| panic!("down {version} without {data}: {e}"));
+    }
+}

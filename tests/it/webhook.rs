@@ -358,3 +358,82 @@ async fn an_address_held_by_another_user_answers_409(pool: PgPool) {
     assert_eq!(rows(&pool, "user_http_second").await, []);
     assert_eq!(user_count(&pool).await, 1);
 }
+
+/// Sends a request head (and then, as long as the service reads, `body` in 64 KiB writes without
+/// ever ending it) on a raw connection, and returns the status of the first response within 5 s:
+/// `None` when none came (the service waited for the rest of the body).
+async fn status_before_the_body_ends(base: &str, head: String, body: Vec<u8>) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        for chunk in body.chunks(64 * 1024) {
+            writer.write_all(chunk).await?;
+        }
+        // Never the end of the body: the connection stays open, waiting.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while !seen.windows(2).any(|w| w == b"\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    sending.abort();
+    read.ok()?;
+    let line = String::from_utf8_lossy(&seen);
+    line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A request whose headers pass the pre-body check (a current timestamp, a signature entry) and
+/// that declares a body over the limit is answered 413 before any of its body is sent; a chunked
+/// body (no length declared) is refused as soon as it passes the limit, without waiting for its
+/// end. Neither is read to the end, nor verified: the service never waits for what it refuses.
+#[sqlx::test]
+async fn a_body_over_the_limit_is_refused_before_it_is_sent(pool: PgPool) {
+    let service = serve(&pool, SECRET).await;
+    let limit = livermore_db::clerk::DEFAULT_MAX_BODY_BYTES;
+    let head = |framing: String| {
+        let mut head = format!(
+            "POST /webhooks/clerk HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{framing}\r\n"
+        );
+        for (name, value) in signed(SECRET, "msg_big", now(), "{}") {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    };
+    // Declared: nothing of the body is sent.
+    let declared = head(format!("content-length: {}", limit + 1));
+    assert_eq!(
+        status_before_the_body_ends(&service.base, declared, Vec::new()).await,
+        Some(413),
+        "a declared length over the limit"
+    );
+    // Chunked: 64 KiB chunks until past the limit, and never the last chunk.
+    let mut chunked = Vec::new();
+    let piece = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent <= limit {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(&piece);
+        chunked.extend_from_slice(b"\r\n");
+        sent += piece.len();
+    }
+    let chunked_head = head("transfer-encoding: chunked".to_owned());
+    assert_eq!(
+        status_before_the_body_ends(&service.base, chunked_head, chunked).await,
+        Some(413),
+        "a chunked body past the limit"
+    );
+    assert_eq!(user_count(&pool).await, 0);
+}
