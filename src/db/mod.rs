@@ -817,9 +817,9 @@ impl Db {
     }
 
     /// The replica to ask, or why none: for one that is fresh but not yet known to hold this
-    /// handle's writes, its replay position is read now (again while the wait lasts), and the
-    /// look-up waits for it up to [`Shared::catch_up`]: about one round trip of the primary's,
-    /// what asking the primary instead would cost.
+    /// handle's writes, its replay position is read now (again while the wait lasts, by one probe
+    /// task per replica), and the look-up waits for it up to [`Shared::catch_up`]: about one round
+    /// trip of the primary's, what asking the primary instead would cost.
     async fn choose(&self) -> Result<&Replica, Reason> {
         match self.pick() {
             Pick::Replica(replica) => Ok(replica),
@@ -827,19 +827,15 @@ impl Db {
             Pick::Behind(index, required) => {
                 let shared = &self.shared;
                 let replica = &shared.replicas[index];
-                let deadline = tokio::time::Instant::now() + shared.catch_up();
-                loop {
-                    let probed = replica.probed.notified();
-                    tokio::pin!(probed);
-                    probed.as_mut().enable();
-                    routing::probe(shared, index);
-                    let woken = tokio::time::timeout_at(deadline, probed).await.is_ok();
-                    if shared.is_fresh(replica, required) {
-                        return Ok(replica);
-                    }
-                    if !woken || !shared.is_fresh(replica, 0) {
-                        return Err(Reason::Behind);
-                    }
+                let probed = replica.probed.notified();
+                tokio::pin!(probed);
+                probed.as_mut().enable();
+                routing::probe(shared, index, required);
+                let _ = tokio::time::timeout(shared.catch_up(), probed).await;
+                if shared.is_fresh(replica, required) {
+                    Ok(replica)
+                } else {
+                    Err(Reason::Behind)
                 }
             }
         }
@@ -938,14 +934,14 @@ impl Shared {
     /// replica timeout, or a few of the primary's recent round trips when that is longer.
     fn replica_patience(&self) -> Duration {
         self.replica_timeout
-            .max(self.primary_latency.get() * PATIENCE_ROUND_TRIPS)
+            .max(self.primary_latency.high() * PATIENCE_ROUND_TRIPS)
     }
 
     /// How long a look-up waits for a replica to replay the handle's last write: about one of the
-    /// primary's recent round trips (at least [`CATCH_UP`], at most the replica patience).
+    /// primary's typical round trips (at least [`CATCH_UP`], at most the replica patience).
     fn catch_up(&self) -> Duration {
         self.primary_latency
-            .get()
+            .typical()
             .clamp(CATCH_UP, self.replica_patience().max(CATCH_UP))
     }
 

@@ -30,7 +30,9 @@ pub(crate) struct Replica {
     /// primary's cluster.
     pub(crate) foreign: AtomicBool,
     probing: AtomicBool,
-    /// Woken when a probe has read the replay position.
+    /// The largest position a look-up waiting on a probe needs.
+    wanted: AtomicU64,
+    /// Woken when a probe is done (the replica has replayed what was wanted, or the wait is over).
     pub(crate) probed: tokio::sync::Notify,
 }
 
@@ -44,6 +46,7 @@ impl Replica {
             served: AtomicU64::new(0),
             foreign: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            wanted: AtomicU64::new(0),
             probed: tokio::sync::Notify::new(),
         }
     }
@@ -88,22 +91,42 @@ impl Samples {
     }
 }
 
-/// A recent high of the primary's round trip, as the check task measures it on its own connection
-/// (a statement's round trip, the open not included): each sample raises it at once, and it decays
-/// by an eighth at each check. On a host whose cores are saturated every round trip is slow, a
-/// replica's as much as the primary's; the replica timeout and the catch-up wait scale with it.
+/// The primary's round trip, as the check task measures it on its own connection (a statement's
+/// round trip, the open not included): a recent high, which each sample raises at once and which
+/// decays by an eighth at each check, and a typical value (a moving average, an eighth per
+/// sample). On a host whose cores are saturated every round trip is slow, a replica's as much as
+/// the primary's: the replica timeout scales with the high (no timeout on a replica merely as slow
+/// as the primary), the catch-up wait with the typical value (a look-up waits for a replica about
+/// what asking the primary would cost).
 #[derive(Default)]
-pub(crate) struct Latency(AtomicU64);
+pub(crate) struct Latency {
+    high: AtomicU64,
+    typical: AtomicU64,
+}
 
 impl Latency {
     pub(crate) fn record(&self, round_trip: Duration) {
         let sample = u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.0.load(Ordering::Relaxed);
-        self.0.store(sample.max(old - old / 8), Ordering::Relaxed);
+        let high = self.high.load(Ordering::Relaxed);
+        self.high
+            .store(sample.max(high - high / 8), Ordering::Relaxed);
+        let typical = self.typical.load(Ordering::Relaxed);
+        let typical = if typical == 0 {
+            sample
+        } else {
+            typical - typical / 8 + sample / 8
+        };
+        self.typical.store(typical, Ordering::Relaxed);
     }
 
-    pub(crate) fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    /// The recent high.
+    pub(crate) fn high(&self) -> Duration {
+        Duration::from_nanos(self.high.load(Ordering::Relaxed))
+    }
+
+    /// The typical round trip.
+    pub(crate) fn typical(&self) -> Duration {
+        Duration::from_nanos(self.typical.load(Ordering::Relaxed))
     }
 }
 
@@ -243,27 +266,39 @@ async fn replayed_now(conn: &mut PgConnection) -> Result<Option<i64>, Error> {
     Ok(replayed)
 }
 
-/// Reads a replica's replay position now, one read in flight per replica, and wakes the look-ups
-/// waiting for it: after a write, look-ups come back to the replica as soon as it has replayed the
-/// write.
-pub(crate) fn probe(shared: &Arc<Shared>, index: usize) {
+/// Reads a replica's replay position until it has replayed `required` (or whatever larger
+/// position look-ups waiting meanwhile need), one probe task per replica, reading again as soon as
+/// each read returns, for at most the catch-up wait; then wakes the look-ups waiting for it, once:
+/// after a write, look-ups come back to the replica as soon as it has replayed the write, and the
+/// waiting look-ups are not woken at every read.
+pub(crate) fn probe(shared: &Arc<Shared>, index: usize, required: u64) {
     let replica = &shared.replicas[index];
+    replica.wanted.fetch_max(required, Ordering::AcqRel);
     if replica.probing.swap(true, Ordering::AcqRel) {
         return;
     }
     let shared = shared.clone();
     tokio::spawn(async move {
         let replica = &shared.replicas[index];
-        let read = async {
-            let mut lease = replica.node.lease().await?;
-            let replayed = replayed_now(lease.conn()).await;
-            lease.finish(replayed)
-        };
-        if let Ok(Ok(Some(replayed))) = tokio::time::timeout(shared.replica_patience(), read).await
-        {
-            replica
+        let deadline = tokio::time::Instant::now() + shared.catch_up();
+        loop {
+            let read = async {
+                let mut lease = replica.node.lease().await?;
+                let replayed = replayed_now(lease.conn()).await;
+                lease.finish(replayed)
+            };
+            let Ok(Ok(Some(replayed))) = tokio::time::timeout_at(deadline, read).await else {
+                break; // failed, paused, promoted, or out of time: the look-ups go to the primary
+            };
+            let replayed = replica
                 .replayed
-                .fetch_max(u64::try_from(replayed).unwrap_or(0), Ordering::AcqRel);
+                .fetch_max(u64::try_from(replayed).unwrap_or(0), Ordering::AcqRel)
+                .max(u64::try_from(replayed).unwrap_or(0));
+            if replayed >= replica.wanted.load(Ordering::Acquire)
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
         }
         replica.probing.store(false, Ordering::Release);
         replica.probed.notify_waiters();
@@ -462,13 +497,18 @@ mod tests {
     }
 
     #[test]
-    fn the_primary_latency_rises_at_once_and_decays_by_an_eighth() {
+    fn the_primary_latency_high_rises_at_once_and_the_typical_one_averages() {
         let latency = Latency::default();
         latency.record(Duration::from_millis(80));
-        assert_eq!(latency.get(), Duration::from_millis(80));
-        latency.record(Duration::from_millis(1));
-        assert_eq!(latency.get(), Duration::from_millis(70));
+        assert_eq!(
+            (latency.high(), latency.typical()),
+            (Duration::from_millis(80), Duration::from_millis(80))
+        );
+        latency.record(Duration::from_millis(8));
+        assert_eq!(latency.high(), Duration::from_millis(70));
+        assert_eq!(latency.typical(), Duration::from_millis(71));
         latency.record(Duration::from_millis(200));
-        assert_eq!(latency.get(), Duration::from_millis(200));
+        assert_eq!(latency.high(), Duration::from_millis(200));
+        assert_eq!(latency.typical(), Duration::from_micros(87_125));
     }
 }
