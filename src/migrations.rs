@@ -31,6 +31,15 @@ const REWRITTEN: &[Rewritten] = &[
         first_checksum: "1abd37fe7cb2584b78e386254a14738c9d67081d25568ec0d46f8c6900ce6557930c786e8df3a8e179ab415eeb5f6ac5",
         did_also: &[9],
     },
+    // 0009's first text counted a role set by hand after 0005 (set_role writes the role's time) as
+    // set by Clerk (issue 31). Where it ran, what it changed cannot be told apart any more; the
+    // rewritten text does the same for rows that existed before 0005, so it is recorded in its place
+    // and does not run again.
+    Rewritten {
+        version: 9,
+        first_checksum: "1973d38345afe5be3519cb1b4479522c530f7b0c5c7a21aa440a0d131110df39e0e06d779debf5d7d05365b227d895d5",
+        did_also: &[],
+    },
 ];
 
 /// What [`prepare_to_migrate`] changed in `_sqlx_migrations`.
@@ -47,10 +56,11 @@ pub struct Prepared {
 /// `make migrate` call it first. Call it yourself before running `MIGRATOR` any other way.
 ///
 /// - Migrations 0002 and 0005 were rewritten once, before release, so that none holds `users`
-///   while it reads every row. A database that applied their first texts (the sandbox) has those
+///   while it reads every row, and 0009 once, so that it no longer counts a role set by hand after
+///   0005 as set by Clerk. A database that applied their first texts (the sandbox) has those
 ///   texts' checksums in `_sqlx_migrations`, which sqlx would refuse as edited: they are recorded
-///   under the rewritten texts, and 0009 (whose work the first 0005 did) as applied. Only those two
-///   exact checksums are accepted; any other edit still stops sqlx.
+///   under the rewritten texts, and 0009 (whose work the first 0005 did) as applied. Only those
+///   three exact checksums are accepted; any other edit still stops sqlx.
 /// - A concurrent build of 0007's index that failed (a duplicate identity, a cancelled session)
 ///   leaves an INVALID index, which 0007's `IF NOT EXISTS` would then accept: while 0007 is pending,
 ///   such an index is refused with [`Error::MigrationBlocked`].

@@ -778,3 +778,182 @@ async fn every_down_refuses_each_kind_of_data_it_would_drop(pool: PgPool) {
             .unwrap_or_else(|e| panic!("down {version} without {data}: {e}"));
     }
 }
+
+/// Issue 31: 0009 counted a role set by hand after 0005 (set_role writes the role's time) as set
+/// by Clerk, so that Clerk's next re-send of the user undid a demotion made by hand in between.
+/// Migrated to 8, Clerk grants admin, an operator demotes the user by hand, 0009 runs, Clerk
+/// re-sends the user (still admin, a name edited, after the demotion): the demotion holds. A row
+/// whose role a Clerk event set before 0005 is still counted as Clerk's.
+#[sqlx::test(migrations = false)]
+async fn a_role_set_by_hand_before_0009_holds_against_clerk(pool: PgPool) {
+    use crate::support::clerk::{clerk_user, event};
+    use livermore_db::{Identity, Role, clerk::apply_event, find_by_identity, set_role};
+    use serde_json::json;
+
+    MIGRATOR.run_to(4, &pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub, role,
+                            identity_updated_at, identity_role_updated_at)
+         VALUES ('legacy', 'legacy@example.com', 'clerk', 'user_legacy', 'admin',
+                 '2023-11-14', '2023-11-14')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    MIGRATOR.run_to(8, &pool).await.unwrap();
+
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let admin = json!({"public_metadata": {"role": "admin"}});
+    let granted = clerk_user(
+        "user_demoted",
+        "demoted@example.com",
+        now_ms - 60_000,
+        admin,
+    );
+    apply_event(&pool, &event("user.created", granted, now_ms - 60_000))
+        .await
+        .unwrap();
+    let identity = Identity::parse("clerk", "user_demoted").unwrap();
+    let id = find_by_identity(&pool, &identity)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert_eq!(
+        set_role(&pool, id, Role::User).await.unwrap().role,
+        Role::User
+    );
+
+    MIGRATOR.run(&pool).await.expect("0009");
+
+    let resent = clerk_user(
+        "user_demoted",
+        "demoted@example.com",
+        now_ms + 60_000,
+        json!({"public_metadata": {"role": "admin"}, "first_name": "Augusta"}),
+    );
+    apply_event(&pool, &event("user.updated", resent, now_ms + 60_000))
+        .await
+        .unwrap();
+    let user = find_by_identity(&pool, &identity).await.unwrap().unwrap();
+    assert_eq!(
+        user.display_name.as_deref(),
+        Some("Augusta Lovelace"),
+        "the re-send applied"
+    );
+    assert_eq!(user.role, Role::User, "the demotion made by hand holds");
+    let sources: Vec<(String, String)> =
+        sqlx::query_as("SELECT identity_sub, role_source FROM users ORDER BY identity_sub")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        sources,
+        [
+            ("user_demoted".to_owned(), "manual".to_owned()),
+            ("user_legacy".to_owned(), "clerk".to_owned())
+        ]
+    );
+}
+
+/// The same with the demotions racing 0009: 30 000 rows whose role Clerk set before 0005 (three of
+/// 0009's batches), and 4 tasks demoting 600 of them by hand, last batch first, while 0009 runs.
+/// Whichever commits first, every demoted row stays set by hand, and every other one is Clerk's.
+#[sqlx::test(migrations = false)]
+async fn demotions_racing_0009_stay_set_by_hand(pool: PgPool) {
+    use livermore_db::{Role, UserId, set_role};
+
+    MIGRATOR.run_to(4, &pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub, role,
+                            identity_updated_at, identity_role_updated_at)
+         SELECT 'u' || n, 'u' || n || '@example.com', 'clerk', 'user_' || n, 'admin',
+                '2023-11-14', '2023-11-14'
+         FROM generate_series(1, 30000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    MIGRATOR.run_to(8, &pool).await.unwrap();
+    let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM users ORDER BY id DESC")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // Every 50th row, from the last batch down.
+    let demoted: Vec<i32> = ids.iter().copied().step_by(50).collect();
+    assert_eq!(demoted.len(), 600);
+
+    let migrating = {
+        let pool = pool.clone();
+        tokio::spawn(async move { MIGRATOR.run(&pool).await })
+    };
+    let mut demoting = tokio::task::JoinSet::new();
+    for part in demoted.chunks(150) {
+        let (pool, part) = (pool.clone(), part.to_vec());
+        demoting.spawn(async move {
+            for id in part {
+                set_role(&pool, UserId(id), Role::User).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = demoting.join_next().await {
+        done.unwrap();
+    }
+    migrating.await.unwrap().expect("0009");
+
+    let wrong: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT id, role, role_source FROM users
+         WHERE (id = ANY($1) AND (role, role_source) <> ('user', 'manual'))
+            OR (id <> ALL($1) AND (role, role_source) <> ('admin', 'clerk'))
+         ORDER BY id LIMIT 10",
+    )
+    .bind(&demoted)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(wrong, [], "rows misclassified (of 600 demoted by hand)");
+}
+
+/// A database where 0009's first text ran (before issue 31's rewrite) migrates on: its checksum is
+/// recorded under the rewritten text, which does not run again, and any other text of 0009 still
+/// stops sqlx.
+#[sqlx::test(migrations = false)]
+async fn a_database_that_applied_the_first_0009_migrates_on(pool: PgPool) {
+    use sqlx::migrate::Migration;
+    let first_0009 = sqlx::migrate::Migrator::with_migrations(
+        MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| match m.version {
+                9 => Migration::new(
+                    m.version,
+                    m.description.clone(),
+                    m.migration_type,
+                    sqlx::SqlSafeStr::into_sql_str(include_str!(
+                        "fixtures/first_applied/0009_clerk_lifecycle_backfill.up.sql"
+                    )),
+                    true,
+                ),
+                _ => m.clone(),
+            })
+            .collect(),
+    );
+    first_0009.run(&pool).await.unwrap();
+    let current = MIGRATOR
+        .iter()
+        .find(|m| m.version == 9 && !m.migration_type.is_down_migration())
+        .unwrap();
+    assert_ne!(checksum_of(&pool, 9).await, *current.checksum);
+
+    let mut conn = pool.acquire().await.unwrap();
+    let prepared = livermore_db::prepare_to_migrate(&mut conn).await.unwrap();
+    assert_eq!(prepared.rewritten, [9]);
+    assert_eq!(checksum_of(&pool, 9).await, *current.checksum);
+    livermore_db::migrate(&pool).await.expect("migrates on");
+    assert_eq!(applied_versions(&pool).await, all_versions());
+    assert_eq!(
+        livermore_db::prepare_to_migrate(&mut conn).await.unwrap(),
+        livermore_db::Prepared::default(),
+        "nothing left to record"
+    );
+}

@@ -138,13 +138,18 @@ const LOCKS: &[(i64, &[Lock])] = {
                 lock(
                     "users",
                     RowExclusive,
-                    "updates the rows Clerk set a role on and the rows of users deleted before \
-                     0005, 10 000 ids per committed batch",
+                    "updates the rows Clerk set a role on before 0005 and the rows of users \
+                     deleted before 0005, 10 000 ids per committed batch",
                 ),
                 lock(
                     "identity_tombstones",
                     AccessShare,
                     "reads it, batch by batch",
+                ),
+                lock(
+                    "_sqlx_migrations",
+                    AccessShare,
+                    "reads when 0005 ran (its installed_on)",
                 ),
             ],
         ),
