@@ -252,7 +252,7 @@ pub struct SessionStats {
 /// through the handle is seen by its next look-up, always. The replica's position is read when a
 /// look-up needs it (one read in flight per replica), not only at the periodic check, so that
 /// after a write look-ups return to the replica within a round trip of its replay; a look-up waits
-/// for that about one of the primary's recent round trips (at least 2 ms), what asking the primary
+/// for that about one of the primary's typical round trips (at least 2 ms), what asking the primary
 /// would cost.
 ///
 /// # Why a replica is idle
@@ -859,8 +859,8 @@ impl Db {
 /// replays within a millisecond or so. While the primary's round trip is longer, the wait is that.
 const CATCH_UP: Duration = Duration::from_millis(2);
 
-/// A replica may take this many of the primary's recent round trips (when that is more than the
-/// configured replica timeout) before the primary answers instead.
+/// A replica may take this many of the primary's round trips (their recent high; when that is more
+/// than the configured replica timeout) before the primary answers instead.
 const PATIENCE_ROUND_TRIPS: u32 = 4;
 
 /// Where a look-up goes.
