@@ -15,10 +15,9 @@ async fn replicas_stay_useful_under_writes(primary: PgPool) {
     let db = routed(&primary, &options).await;
     let identities = Arc::new(users(&db, 50, "busy").await);
     until_replica_serves(&db, Duration::from_secs(10)).await;
-    // A checkpoint now, so that none runs during the 3 s: its fsyncs stall commits for a second or
-    // more on a slow disk, and the writes guard below is about the handle starving writes, not
-    // about the disk (a fresh clone's first run met the time-based checkpoint, at 5 minutes, in its
-    // window: 18 sign-ins, 100 % of look-ups on the standby). (The local cluster's superuser.)
+    // A checkpoint now, so that none is due during the 3 s: its writes and fsyncs compete with the
+    // commits on a slow disk, and the writes guard below is about the handle starving writes, not
+    // about the disk. (The local cluster's superuser.)
     sqlx::query("CHECKPOINT").execute(&primary).await.unwrap();
     let before = db.stats();
     let stop = Arc::new(AtomicBool::new(false));
