@@ -150,15 +150,20 @@ fn quoted_literals(definition: &str) -> Vec<String> {
         .collect()
 }
 
-#[sqlx::test]
-async fn the_role_check_constraint_lists_exactly_the_enum(pool: PgPool) {
-    let definition = sqlx::query_scalar!(
+/// `users_role_check`'s definition on a migrated database.
+async fn role_check_definition(pool: &PgPool) -> String {
+    sqlx::query_scalar!(
         r#"SELECT pg_get_constraintdef(oid) AS "definition!" FROM pg_constraint
            WHERE conrelid = 'users'::regclass AND conname = 'users_role_check'"#
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn the_role_check_constraint_lists_exactly_the_enum(pool: PgPool) {
+    let definition = role_check_definition(&pool).await;
     assert_eq!(quoted_literals(&definition), Role::NAMES, "{definition}");
 
     // And it is enforced: every role is accepted, anything else is refused.
@@ -198,13 +203,7 @@ async fn the_typescript_roles_file_is_generated_and_matches_the_database(pool: P
         .find(|l| l.starts_with("export const USER_ROLES = ["))
         .expect("role.ts exports USER_ROLES");
     let in_file = quoted_literals(line);
-    let definition = sqlx::query_scalar!(
-        r#"SELECT pg_get_constraintdef(oid) AS "definition!" FROM pg_constraint
-           WHERE conrelid = 'users'::regclass AND conname = 'users_role_check'"#
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let definition = role_check_definition(&pool).await;
     assert_eq!(quoted_literals(&definition), in_file, "{definition}");
     assert_eq!(in_file, Role::NAMES);
 }
