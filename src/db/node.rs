@@ -220,6 +220,18 @@ impl Opener {
     }
 }
 
+impl Drop for Node {
+    /// Closes its idle connections now: the tasks still opening connections share the set, and
+    /// would otherwise keep them open until their connects end (up to the connect timeout).
+    fn drop(&mut self) {
+        self.conns
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
 /// One connection lent to one call. Back to the idle list only when the call says it may be: a call
 /// whose future is dropped mid-statement, or that failed on the connection itself, gives its
 /// connection up (the socket closes; the server ends the session and rolls back what it had open),
@@ -405,7 +417,7 @@ impl Node {
             if self.conns.try_reserve() {
                 // Opening is rare, and runs in a task of its own (its future, sqlx's connect, is
                 // kilobytes, and is boxed out of every call's future by the spawn).
-                break self.open_detached().await?;
+                break self.open_or_returned().await?;
             }
             // Every connection is lent or opening (for callers that went away): the next one
             // returned, or a place freed, is this call's.
@@ -424,6 +436,31 @@ impl Node {
             broken: false,
             _turn: turn,
         })
+    }
+
+    /// Opens a connection (already counted) for a call, unless another is returned first: then the
+    /// call takes that one, and the open goes on in its task, its connection idle for a later call.
+    /// On a saturated host a connect (a backend forked, SCRAM) took 0.1-2 s while the connections
+    /// lent to look-ups came back within milliseconds: callers that waited for their own open stalled
+    /// for all of it (a writer's read-back, 2 s).
+    async fn open_or_returned(&self) -> Result<PgConnection, Error> {
+        let opening = self.open_detached();
+        tokio::pin!(opening);
+        loop {
+            let returned = self.conns.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.conns.pop() {
+                return Ok(conn);
+            }
+            // A notification this call took and did not use (its open finished first) is passed
+            // on to the next waiter when `returned` is dropped (tokio's `Notified`).
+            tokio::select! {
+                biased;
+                opened = &mut opening => return opened,
+                () = &mut returned => {}
+            }
+        }
     }
 
     /// A connection for one call, waiting for a turn while every connection is lent.

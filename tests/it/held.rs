@@ -63,6 +63,98 @@ async fn many_tasks_share_few_connections(pool: PgPool) {
     assert_eq!(backends(&pool, "held-many").await.len(), 4);
 }
 
+/// A call that found every connection lent and started opening one takes the first connection
+/// returned instead of waiting for its own connect (on a saturated host a connect took 0.1-2 s
+/// while lent connections came back within milliseconds; a writer's read-back stalled for all of
+/// it). Here every connect after the first hangs: the call can finish only on the returned one.
+#[sqlx::test]
+async fn a_call_waiting_on_a_connect_takes_a_connection_returned_first(pool: PgPool) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // A relay that passes its first connection through and holds every later one unanswered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let options = pool.connect_options().as_ref().clone();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            if counter.fetch_add(1, Ordering::SeqCst) > 0 {
+                held.push(client);
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let db = Db::builder(options.host("127.0.0.1").port(port))
+        .connections(2)
+        .connect_timeout(Duration::from_secs(120))
+        .call_timeout(Duration::from_secs(120))
+        .build()
+        .await
+        .unwrap();
+    let id = db.sign_in(&profile(1)).await.unwrap().user.id;
+    let identity = Identity::parse("clerk", "user_held_1").unwrap();
+    // The one open connection is lent to a write that waits on a row lock.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let write = tokio::spawn({
+        let db = db.clone();
+        async move { db.set_role(id, livermore_db::Role::Admin).await.map(|_| ()) }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A look-up finds no idle connection and opens one (which hangs at the relay) ...
+    let lookup = tokio::spawn({
+        let db = db.clone();
+        async move { db.find_by_identity(&identity).await }
+    });
+    while accepted.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the look-up never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... and gets the write's connection as soon as the write is done with it.
+    locker.rollback().await.unwrap();
+    write.await.unwrap().unwrap();
+    let found = tokio::time::timeout(Duration::from_secs(20), lookup)
+        .await
+        .expect("the look-up waited for its own connect, not the connection returned")
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.map(|u| u.id), Some(id));
+}
+
 /// A call whose future is dropped while its statement waits on a lock gives its connection up; the
 /// server ends that session (so nothing stays open) and the next call gets a new connection.
 #[sqlx::test]
