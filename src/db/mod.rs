@@ -236,7 +236,9 @@ pub struct SessionStats {
 /// position, then each replica's replay position, each on a connection of its own (a busy service
 /// cannot starve it); a replica that has replayed past a position sampled at time *t* holds
 /// everything committed before *t*. A replica that is paused, promoted, unreachable, or whose check
-/// fails, serves nothing until a later check finds it well.
+/// fails, serves nothing until a later check finds it well. One that is well but stale (a check found
+/// it behind, or its coverage aged) has its replay position read again by look-ups that find it so
+/// (at most one read every 10 ms): it serves again once it has caught up, not only at the next check.
 ///
 /// **So a look-up served by a replica may miss a change made elsewhere** (another request's handle,
 /// the webhook service, `psql`) **during the last `max_lag`**. For an authorization decision that must
@@ -806,8 +808,10 @@ impl Db {
             }
             if shared.is_fresh(replica, 0) {
                 behind.get_or_insert(index);
+            } else if replica.healthy.load(Ordering::Acquire) {
+                healthy = true;
+                routing::probe_stale(shared, index);
             }
-            healthy |= replica.healthy.load(Ordering::Acquire);
         }
         match behind {
             Some(index) => Pick::Behind(index, required),

@@ -34,6 +34,9 @@ pub(crate) struct Replica {
     wanted: AtomicU64,
     /// Woken when a probe is done (the replica has replayed what was wanted, or the wait is over).
     pub(crate) probed: tokio::sync::Notify,
+    /// When a look-up last started a probe because the replica was stale (nanoseconds since
+    /// `Shared::epoch`).
+    stale_probed_at: AtomicU64,
 }
 
 impl Replica {
@@ -48,6 +51,7 @@ impl Replica {
             probing: AtomicBool::new(false),
             wanted: AtomicU64::new(0),
             probed: tokio::sync::Notify::new(),
+            stale_probed_at: AtomicU64::new(0),
         }
     }
 }
@@ -294,6 +298,10 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize, required: u64) {
                 .replayed
                 .fetch_max(u64::try_from(replayed).unwrap_or(0), Ordering::AcqRel)
                 .max(u64::try_from(replayed).unwrap_or(0));
+            // What it has replayed covers the primary's samples up to it, as at a check.
+            replica
+                .covered_until
+                .fetch_max(shared.samples.covered_by(replayed), Ordering::AcqRel);
             if replayed >= replica.wanted.load(Ordering::Acquire)
                 || tokio::time::Instant::now() >= deadline
             {
@@ -303,6 +311,30 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize, required: u64) {
         replica.probing.store(false, Ordering::Release);
         replica.probed.notify_waiters();
     });
+}
+
+/// How often, at most, look-ups that find a replica well but stale read its replay position (a
+/// probe): a replica that falls behind `max_lag` for a while (a burst of WAL, a replay stalled by
+/// a busy host), or that a check found behind the sample it had just taken, serves again once it
+/// has caught up, not only at the next check.
+const STALE_PROBE_SPACING: Duration = Duration::from_millis(10);
+
+/// Starts a probe of a replica that a look-up found well but stale, unless one started less than
+/// [`STALE_PROBE_SPACING`] ago. The look-up itself goes to the primary.
+pub(crate) fn probe_stale(shared: &Arc<Shared>, index: usize) {
+    let replica = &shared.replicas[index];
+    let now = shared.now();
+    let last = replica.stale_probed_at.load(Ordering::Acquire);
+    let spacing = u64::try_from(STALE_PROBE_SPACING.as_nanos()).unwrap_or(u64::MAX);
+    if now.saturating_sub(last) < spacing
+        || replica
+            .stale_probed_at
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    probe(shared, index, 0);
 }
 
 /// The check task: every interval, the primary's position, then each replica's, each on a

@@ -45,6 +45,49 @@ async fn a_fresh_replica_serves_the_lookups(primary: PgPool) {
     );
 }
 
+/// A replica a check found behind the primary's sample it had just taken (here: the first check,
+/// while the standby applies a commit 2 s late) serves once it has caught up, without waiting for
+/// the next check: look-ups that find it well but stale read its replay position. The checks here
+/// are an hour apart. (A check that came before the standby had replayed a long insert used to
+/// keep a test's replica out for its whole 30 s check interval.)
+#[sqlx::test]
+async fn a_replica_found_behind_serves_once_caught_up_before_the_next_check(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let db = Db::builder(primary_options(&primary))
+        .replicas([options.clone()])
+        .check_interval(Duration::from_secs(3600))
+        .max_lag(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let identities = users(&db, 1, "behind").await;
+    until_replayed(&primary, &options).await;
+    set_apply_delay(&options, "2s").await;
+    sqlx::query("UPDATE users SET updated_at = now() WHERE id = (SELECT min(id) FROM users)")
+        .execute(&primary)
+        .await
+        .unwrap();
+    // The first check (the reader's first look-up starts it) finds the standby well and behind.
+    let reader = db.session();
+    driving_lookups_until(
+        &reader,
+        Duration::from_secs(20),
+        "a look-up finds the replica well but stale",
+        |db| db.stats().primary_because.stale > 0,
+    )
+    .await;
+    reset_standby(&options).await;
+    until_replica_serves(&reader, Duration::from_secs(20)).await;
+    let before = reader.session_stats().replicas;
+    answers(&reader, &identities[0]).await;
+    assert_eq!(
+        reader.session_stats().replicas,
+        before + 1,
+        "{:?}",
+        reader.stats()
+    );
+}
+
 #[sqlx::test]
 async fn lag_over_the_bound_sends_lookups_to_the_primary(primary: PgPool) {
     let (_turn, options) = take_standby(&primary).await;
