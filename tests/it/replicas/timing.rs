@@ -92,9 +92,12 @@ async fn replicas_stay_useful_under_writes(primary: PgPool) {
 }
 
 /// The checks run on connections of their own: with every connection the handle holds to the
-/// primary busy (four writes waiting on a row lock for 3 s), the replica keeps serving. (They used
-/// to sample the primary through the application's pool: saturated, no sample was taken, and every
-/// replica aged out after `max_lag`.)
+/// primary busy (four writes waiting on a row lock), the replica serves on, past `max_lag`. (They
+/// used to sample the primary through the application's pool: saturated, no sample was taken, and
+/// every replica aged out after `max_lag` and stayed out.) It used to be asked to serve at every
+/// 50 ms poll for 3 s; on a busy host a replay that fell more than `max_lag` behind took it out,
+/// rightly (1 run in 20 under load), so the claim is now what the pool decides: once the saturation
+/// has lasted longer than `max_lag`, the replica serves.
 #[sqlx::test]
 #[ignore = "timing: make test runs it alone (cargo test -- --ignored --test-threads=1)"]
 async fn a_busy_primary_does_not_starve_the_checks(primary: PgPool) {
@@ -104,6 +107,8 @@ async fn a_busy_primary_does_not_starve_the_checks(primary: PgPool) {
         .connections(4)
         .check_interval(CHECK)
         .max_lag(Duration::from_millis(500))
+        // The writes wait on the lock for as long as the test needs.
+        .call_timeout(Duration::from_secs(60))
         .build()
         .await
         .unwrap();
@@ -145,16 +150,22 @@ async fn a_busy_primary_does_not_starve_the_checks(primary: PgPool) {
     tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("four writes wait on the row lock");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
-        assert_eq!(
-            reader.serving_replicas(),
-            [0],
-            "the replica stopped serving {:?} into the saturation",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Past `max_lag`, only samples taken during the saturation can make the replica fresh.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually(
+        Duration::from_secs(20),
+        "the replica serves while every primary connection is busy",
+        || reader.serving_replicas() == [0],
+    )
+    .await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&primary)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 4, "the saturation ended early");
     blocker.rollback().await.unwrap();
     while let Some(done) = writes.join_next().await {
         done.unwrap().unwrap();
