@@ -33,11 +33,12 @@ export LIVERMORE_ENV := $(value ENV)
 export LIVERMORE_IMPORT_FILE := $(value FILE)
 export LIVERMORE_TIMING_RUNS := $(value RUNS)
 export LIVERMORE_TIMING_FILTER := $(value FILTER)
+export LIVERMORE_LOCK_BUDGET_SECS := $(value LOCK_BUDGET_SECS)
 MUTANTS_FILES ?= src/clerk/webhook.rs src/clerk/apply.rs src/db/routing.rs src/input.rs src/users/mod.rs \
   src/users/username.rs src/bin/livermore-clerk-webhooks/service.rs
 export LIVERMORE_MUTANTS_FILES := $(value MUTANTS_FILES)
 # make exports command-line variables to every recipe, expanding them on the way: not these.
-unexport ENV FILE DRY_RUN RUNS FILTER MUTANTS_FILES
+unexport ENV FILE DRY_RUN RUNS FILTER MUTANTS_FILES LOCK_BUDGET_SECS
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
   test-consumer test-make test-package test-typescript typescript-roles lint doc fmt example webhook bench \
@@ -78,8 +79,9 @@ else
 WITH_DB =
 endif
 
-migrate: ## Create the database if missing, apply pending migrations (ENV=local|sandbox, DRY_RUN=1)
-	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" migrate $(if $(value DRY_RUN),--dry-run)
+migrate: ## Create the database if missing, apply pending migrations (ENV=local|sandbox, DRY_RUN=1, LOCK_BUDGET_SECS=60)
+	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" migrate $(if $(value DRY_RUN),--dry-run) \
+	  $(if $(value LOCK_BUDGET_SECS),--lock-budget-secs "$$LIVERMORE_LOCK_BUDGET_SECS")
 
 migrate-status: ## List applied, pending and mismatched migrations (ENV=local|sandbox)
 	@$(WITH_DB) $(LIVERMORE_DB) --env "$$LIVERMORE_ENV" status

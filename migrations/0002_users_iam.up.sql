@@ -9,6 +9,11 @@
 -- tooling) keeps them as they are and no row changes. Whatever this migration creates is marked with a
 -- comment so that the down migration removes only that.
 SET LOCAL lock_timeout = '5s';
+-- A runner that retries (livermore_db::migrate_on: `make migrate`, services) asks for shorter waits
+-- through livermore.lock_timeout, so that reads and writes queued behind this migration's lock wait
+-- at most that long (docs/operations.md, "Locks"); run by other means, the 5 s above holds.
+SELECT set_config('lock_timeout', current_setting('livermore.lock_timeout'), true)
+WHERE coalesce(current_setting('livermore.lock_timeout', true), '') <> '';
 SET LOCAL statement_timeout = '5s';
 
 DO $migration$

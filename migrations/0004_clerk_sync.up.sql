@@ -7,6 +7,11 @@
 --     after the `deleted` one never brings the user back.
 -- Adoptable like the others; what it creates carries a comment marker for the down migration.
 SET LOCAL lock_timeout = '5s';
+-- A runner that retries (livermore_db::migrate_on: `make migrate`, services) asks for shorter waits
+-- through livermore.lock_timeout, so that reads and writes queued behind this migration's lock wait
+-- at most that long (docs/operations.md, "Locks"); run by other means, the 5 s above holds.
+SELECT set_config('lock_timeout', current_setting('livermore.lock_timeout'), true)
+WHERE coalesce(current_setting('livermore.lock_timeout', true), '') <> '';
 
 DO $migration$
 DECLARE

@@ -54,7 +54,7 @@ pub use db::{
 };
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
-pub use migrations::{Prepared, prepare_to_migrate};
+pub use migrations::{LockRetry, Prepared, migrate_on, prepare_to_migrate};
 pub use role::Role;
 pub use users::{
     RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
@@ -99,6 +99,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// Applies the pending [`MIGRATOR`] migrations on a connection of its own, opened with the pool's
 /// connect options and closed afterwards, whether they succeed or fail.
 ///
+/// A database that is ahead of this build (a newer release recorded migrations it does not know:
+/// a rollback, or a rolling deploy) is accepted, as Flyway does by default; every migration this
+/// build knows must still be recorded with its own checksum, else it fails with
+/// [`sqlx::migrate::MigrateError::VersionMismatch`] naming the version.
+///
+/// A migration that must lock `users` while other sessions hold it waits in short attempts with
+/// pauses between ([`LockRetry::default`]: 300 ms each, 60 s in all), so that reads and writes are
+/// never queued behind it for long; past the budget it fails with [`Error::MigrationBlocked`],
+/// naming the sessions in the way. [`migrate_on`] takes other bounds.
+///
 /// Safe when several replicas of a service start at once. sqlx's migrator serializes them with a
 /// session advisory lock, which it releases only on success: after a failure (a migration's
 /// `lock_timeout` on a busy table, say) the lock would stay on a pooled connection, and every other
@@ -122,15 +132,7 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
 
     let options = pool.connect_options();
     let mut conn = sqlx::PgConnection::connect_with(&options).await?;
-    // Not `MIGRATOR.run(&mut conn)`: it is generic over `Acquire`, and the compiler cannot prove such a
-    // future `Send` ("implementation of `Acquire` is not general enough"), so a service could not
-    // spawn this function. `run_direct` is what `run` calls after acquiring; sqlx keeps it public for
-    // this very error.
-    let result: Result<(), Error> = async {
-        prepare_to_migrate(&mut conn).await?;
-        Ok(MIGRATOR.run_direct(None, &mut conn, false).await?)
-    }
-    .await;
+    let result = migrate_on(&mut conn, None, LockRetry::default()).await;
     // Closing ends the session, and with it any advisory lock a failed run left behind. Should the
     // polite close fail (a broken socket), dropping the connection still ends the session.
     let _ = conn.close().await;

@@ -1,6 +1,8 @@
 //! What runs before the migrations: recording the migrations' first texts under their rewritten ones,
 //! and refusing to go on over an index a failed concurrent build left behind.
 
+use std::time::Duration;
+
 use sqlx::migrate::Migration;
 use sqlx::{Connection, PgConnection};
 
@@ -40,6 +42,33 @@ const REWRITTEN: &[Rewritten] = &[
         first_checksum: "1973d38345afe5be3519cb1b4479522c530f7b0c5c7a21aa440a0d131110df39e0e06d779debf5d7d05365b227d895d5",
         did_also: &[],
     },
+    // 0002-0006 before they read `livermore.lock_timeout` (issue 31): the same migrations, which
+    // waited up to 5 s for their locks whoever ran them.
+    Rewritten {
+        version: 2,
+        first_checksum: "b3997d1ce44f10ffa951d30955351c4a49f0c39048f27038145dbbf6924def74f1743afe131686535973fb3e74aac910",
+        did_also: &[],
+    },
+    Rewritten {
+        version: 3,
+        first_checksum: "f5220079daf4940ef16867df9f4123484c1de1dc77b05e044e7989563425d149c156f9e8f269a8c0ee560a28b9992b53",
+        did_also: &[],
+    },
+    Rewritten {
+        version: 4,
+        first_checksum: "7fd9e77f4f17dc6f1fb5fe873cce26ab2687550644ddafc327374c5a54ac324081bc6a17c40bd21997d9abfc0b9e560e",
+        did_also: &[],
+    },
+    Rewritten {
+        version: 5,
+        first_checksum: "31f12d24f7bd5a0ca090c3e1cce92210ef113fc0025ee9ff625edc17579e44d6afc57e5c1c3f603388361ea68d3ed8ad",
+        did_also: &[],
+    },
+    Rewritten {
+        version: 6,
+        first_checksum: "d5bf6eacf5963cb8cf088a9b000c81cf47c55661ede72da4f5a2cbd28a934e5f11bb5dd4b77e673723f6aeea866e2503",
+        did_also: &[],
+    },
 ];
 
 /// What [`prepare_to_migrate`] changed in `_sqlx_migrations`.
@@ -61,9 +90,14 @@ pub struct Prepared {
 ///   texts' checksums in `_sqlx_migrations`, which sqlx would refuse as edited: they are recorded
 ///   under the rewritten texts, and 0009 (whose work the first 0005 did) as applied. Only those
 ///   three exact checksums are accepted; any other edit still stops sqlx.
-/// - A concurrent build of 0007's index that failed (a duplicate identity, a cancelled session)
-///   leaves an INVALID index, which 0007's `IF NOT EXISTS` would then accept: while 0007 is pending,
-///   such an index is refused with [`Error::MigrationBlocked`].
+/// - `users_identity_provider_sub_idx` must be the index sign-ins need (unique, on
+///   `(identity_provider, identity_sub)`, `WHERE identity_provider IS NOT NULL`, valid) whenever it
+///   exists: 0007's `IF NOT EXISTS` keeps any index of that name, such as the INVALID one a failed
+///   concurrent build leaves or a plain one made by hand. Otherwise [`Error::MigrationBlocked`] says
+///   what was found and the fix (wait for a build still running; drop a failed or wrong one).
+/// - While 0002 is pending on a `users` that already has the IAM columns (an adopted database), rows
+///   its checks would refuse are refused first (they could not be updated once it ran), with each
+///   check, how many rows and their first ids.
 ///
 /// Idempotent, and safe when several services start at once (one transaction; the updates match
 /// only the first texts' checksums).
@@ -120,28 +154,367 @@ pub async fn prepare_to_migrate(conn: &mut PgConnection) -> Result<Prepared, Err
         .fetch_one(&mut *tx)
         .await?;
     }
-    if !index_applied {
-        let invalid = sqlx::query_scalar!(
-            r#"SELECT EXISTS (
-                   SELECT 1 FROM pg_index
-                   WHERE indexrelid = to_regclass(format('%I.users_identity_provider_sub_idx', current_schema()))
-                     AND NOT indisvalid) AS "invalid!""#
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if invalid {
-            return Err(Error::MigrationBlocked {
-                reason:
-                    "index users_identity_provider_sub_idx is INVALID (a concurrent build that \
-                         failed, a duplicate identity or a cancelled session, left it): run \
-                         DROP INDEX CONCURRENTLY users_identity_provider_sub_idx; and migrate again"
-                        .to_owned(),
-            });
-        }
+    check_identity_index(&mut tx, index_applied).await?;
+    if !recorded || !applied(&mut tx, 2).await? {
+        check_rows_for_0002(&mut tx).await?;
     }
     tx.commit().await?;
     prepared.recorded.sort_unstable();
     Ok(prepared)
+}
+
+/// How migrating waits for the locks its migrations need on a live `users` table.
+///
+/// A migration's `ALTER TABLE` needs `ACCESS EXCLUSIVE` for a moment; while it waits for one behind
+/// any open transaction (a long report, a connection idle in a transaction), every read and write of
+/// `users` queues behind it. So each attempt waits at most [`attempt`](Self::attempt) (the
+/// migrations' `lock_timeout`, through the `livermore.lock_timeout` setting they read), then rolls
+/// back, lets the queue drain for a jittered, growing pause, and tries again, until
+/// [`budget`](Self::budget) has passed: then [`Error::MigrationBlocked`] names the sessions that
+/// held `users` (pid, application name, state, how long their transaction had been open; never
+/// their statements). The way GitLab's and strong_migrations' runners do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockRetry {
+    /// The longest one attempt waits for a lock: what the reads and writes queued behind it may
+    /// wait, at most, on its account. Default 300 ms.
+    pub attempt: Duration,
+    /// How long to keep trying before giving up. Default 60 s.
+    pub budget: Duration,
+}
+
+impl Default for LockRetry {
+    fn default() -> Self {
+        LockRetry {
+            attempt: Duration::from_millis(300),
+            budget: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LockRetry {
+    /// Attempts of at most `attempt` each, for at most `budget` in all.
+    pub fn new(attempt: Duration, budget: Duration) -> LockRetry {
+        LockRetry { attempt, budget }
+    }
+}
+
+/// The pause after the `n`th failed attempt (from 0): 200 ms doubling up to 5 s, each between half
+/// and one and a half times that (jitter, so that several services starting at once do not retry in
+/// step).
+fn pause_after(n: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let base = Duration::from_millis(200).saturating_mul(1 << n.min(5));
+    let base = base.min(Duration::from_secs(5));
+    let random = std::collections::hash_map::RandomState::new().hash_one(n);
+    base.mul_f64(0.5 + (random % 1000) as f64 / 1000.0)
+}
+
+/// Applies [`MIGRATOR`](crate::MIGRATOR)'s pending migrations (up to `target`, or all) on `conn`,
+/// waiting for locks as [`LockRetry`] says; [`migrate`](crate::migrate) calls it on a connection
+/// of its own. Everything runs under the advisory lock sqlx's migrator takes (the same key: other
+/// sqlx migrators wait; another run holding it is waited for within the same budget),
+/// [`prepare_to_migrate`] included, so that what it checks still holds when
+/// the migrations run. A database that is ahead of this build is accepted (see
+/// [`migrate`](crate::migrate)). After a failure, close the connection: sqlx's advisory lock is
+/// released here on every path, but a broken connection cannot release it.
+pub async fn migrate_on(
+    conn: &mut PgConnection,
+    target: Option<i64>,
+    retry: LockRetry,
+) -> Result<(), Error> {
+    let database = sqlx::query_scalar!(r#"SELECT current_database() AS "name!""#)
+        .fetch_one(&mut *conn)
+        .await?;
+    let key = lock_key(&database);
+    let started = std::time::Instant::now();
+    // Another run (another service starting, an operator) may hold it for a while: waited for
+    // within the same budget, not for ever.
+    let mut tries = 0;
+    while !sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, key)
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        let pause = pause_after(tries).min(Duration::from_secs(1));
+        tries += 1;
+        if started.elapsed() + pause > retry.budget {
+            return Err(Error::MigrationBlocked {
+                reason: format!(
+                    "another migration run held the migration lock (advisory lock {key}) for \
+                     {:.1} s: wait for it to finish, then migrate again",
+                    started.elapsed().as_secs_f64()
+                ),
+            });
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let result = migrate_locked(conn, target, retry, started).await;
+    let reset = async {
+        sqlx::query_scalar!(
+            r#"SELECT set_config('livermore.lock_timeout', '', false) AS "reset!""#
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        sqlx::query_scalar!(r#"SELECT pg_advisory_unlock($1) AS "unlocked!""#, key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    result.and(reset)
+}
+
+async fn migrate_locked(
+    conn: &mut PgConnection,
+    target: Option<i64>,
+    retry: LockRetry,
+    started: std::time::Instant,
+) -> Result<(), Error> {
+    prepare_to_migrate(conn).await?;
+    let attempt = format!("{}ms", retry.attempt.as_millis().max(1));
+    sqlx::query_scalar!(
+        r#"SELECT set_config('livermore.lock_timeout', $1, false) AS "set!""#,
+        attempt
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut migrator = tolerating_newer();
+    // The lock is taken above, around the preparation as well.
+    migrator.locking = false;
+    // `run_direct`, not `run`: `run` is generic over `Acquire`, and the compiler cannot prove such a
+    // future `Send` ("implementation of `Acquire` is not general enough"), so a service could not
+    // spawn it. `run_direct` is what `run` calls after acquiring; sqlx keeps it public for this.
+    let mut failed = 0;
+    loop {
+        let version = match migrator.run_direct(target, &mut *conn, false).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::ExecuteMigration(e, version))
+                if lock_timed_out(&e) =>
+            {
+                version
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let pause = pause_after(failed);
+        failed += 1;
+        if started.elapsed() + pause + retry.attempt > retry.budget {
+            let holders = holders_of_users(conn).await?;
+            return Err(Error::MigrationBlocked {
+                reason: format!(
+                    "migration {version:04} could not lock users in {failed} attempts of at most \
+                     {attempt} each over {:.1} s; sessions holding users: {holders}. End or wait for \
+                     them (a long transaction, a connection idle in a transaction), then migrate again",
+                    started.elapsed().as_secs_f64()
+                ),
+            });
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Whether a migration failed waiting for a lock (`lock_timeout`, SQLSTATE 55P03).
+fn lock_timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// The sessions holding a lock on `users` now: pid, application name, state and how long their
+/// transaction has been open (their statements are not shown: they may carry values).
+async fn holders_of_users(conn: &mut PgConnection) -> Result<String, Error> {
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT ON (a.pid) a.pid AS "pid!", coalesce(a.application_name, '') AS "app!",
+                  coalesce(a.state, '') AS "state!",
+                  coalesce(extract(epoch FROM clock_timestamp() - a.xact_start), 0)::float8 AS "open_s!"
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+             AND l.relation = to_regclass(format('%I.users', current_schema()))
+           ORDER BY a.pid"#
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok("none now (they have ended)".to_owned());
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            format!(
+                "pid {} ({:?}, {}, transaction open {:.1} s)",
+                r.pid, r.app, r.state, r.open_s
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// The advisory lock key sqlx's migrator takes for a database (sqlx-postgres `generate_lock_id`):
+/// the same key, so that this crate's runs and any other sqlx migrator exclude each other.
+fn lock_key(database: &str) -> i64 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC.checksum(database.as_bytes()))
+}
+
+/// [`MIGRATOR`](crate::MIGRATOR), but accepting a database that recorded migrations it does not
+/// know (a newer release applied them; a service of the previous release, rolled back to or still
+/// running in a rolling deploy, must start there). sqlx's default refuses such a database
+/// (`VersionMissing`), and every restart of that service would fail. A known migration recorded
+/// with another checksum is still refused.
+pub(crate) fn tolerating_newer() -> sqlx::migrate::Migrator {
+    let m = &crate::MIGRATOR;
+    sqlx::migrate::Migrator {
+        migrations: m.migrations.clone(),
+        ignore_missing: true,
+        locking: m.locking,
+        no_tx: m.no_tx,
+        table_name: m.table_name.clone(),
+        create_schemas: m.create_schemas.clone(),
+    }
+}
+
+async fn applied(conn: &mut PgConnection, version: i64) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1) AS "applied!""#,
+        version
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Before 0002 adopts a `users` that already has the IAM columns: refuses rows that its checks
+/// would refuse. 0002 adds them `NOT VALID` (no scan under its lock), and PostgreSQL checks the
+/// whole new row on every `UPDATE`: such a row could no longer be written by anyone (a sign-in's
+/// `record_login`, the TypeScript app's login update, 0009's own backfill) until fixed. So nothing
+/// is changed while any exists; the refusal names each check, how many rows break it, the first ids
+/// and the fix. (Read with a plain scan, which blocks no read or write. A row written between this
+/// check and 0002 is not seen: 0008 then warns and leaves that check `NOT VALID`.)
+async fn check_rows_for_0002(conn: &mut PgConnection) -> Result<(), Error> {
+    let columns = sqlx::query!(
+        r#"SELECT coalesce(bool_or(attname = 'role'), false) AS "role!",
+                  count(*) FILTER (WHERE attname IN ('identity_provider', 'identity_sub')) = 2
+                    AS "pair!"
+           FROM pg_attribute
+           WHERE attrelid = to_regclass(format('%I.users', current_schema()))
+             AND attnum > 0 AND NOT attisdropped"#
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut broken = Vec::new();
+    if columns.pair {
+        let rows = sqlx::query!(
+            r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
+               FROM users
+               WHERE NOT ((identity_provider IS NULL AND identity_sub IS NULL)
+                          OR (identity_provider IS NOT NULL AND identity_sub IS NOT NULL
+                              AND identity_provider <> '' AND identity_sub <> ''))"#
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if rows.n > 0 {
+            broken.push(format!(
+                "users_identity_pair_check: {} row(s) with a provider but no subject, or the \
+                 reverse, or an empty one (ids {}): set both or neither",
+                rows.n,
+                ids(&rows.ids, rows.n)
+            ));
+        }
+    }
+    if columns.role {
+        let rows = sqlx::query!(
+            r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
+               FROM users
+               WHERE role NOT IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')"#
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if rows.n > 0 {
+            broken.push(format!(
+                "users_role_check: {} row(s) with a role other than user, admin, \
+                 subscriber_basic, subscriber_pro (ids {}): set one of those",
+                rows.n,
+                ids(&rows.ids, rows.n)
+            ));
+        }
+    }
+    if broken.is_empty() {
+        return Ok(());
+    }
+    Err(Error::MigrationBlocked {
+        reason: format!(
+            "rows of users break checks that migration 0002 adds, and could not be updated once \
+             it has; nothing was changed. {}. Fix those rows, then migrate again",
+            broken.join("; ")
+        ),
+    })
+}
+
+/// The first ids of `n` rows, "…" after them when there are more.
+fn ids(first: &[i32], n: i64) -> String {
+    let mut shown = first
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if n > i64::try_from(first.len()).unwrap_or(i64::MAX) {
+        shown.push_str(", …");
+    }
+    shown
+}
+
+/// Refuses an identity index sign-ins cannot use: `sign_in`'s `ON CONFLICT (identity_provider,
+/// identity_sub) WHERE identity_provider IS NOT NULL` needs exactly 0007's index, unique, on those
+/// two columns, with that predicate, and valid. 0007 (`IF NOT EXISTS`) keeps whatever index of that
+/// name it finds, and 0008 checked only that it was valid: a plain index made by hand or by other
+/// tooling passed both, and every sign-in then failed with 42P10. Checked before every migration
+/// run, applied or not; an INVALID index whose concurrent build is still running is told apart
+/// from one a failed build left (wait for the first, drop the second).
+async fn check_identity_index(conn: &mut PgConnection, index_applied: bool) -> Result<(), Error> {
+    let found = sqlx::query!(
+        r#"SELECT i.indisvalid AS "valid!",
+                  coalesce(i.indisunique AND i.indnkeyatts = 2 AND i.indexprs IS NULL
+                    AND ARRAY(SELECT a.attname::text
+                              FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                              WHERE k.n <= 2 ORDER BY k.n)
+                        = ARRAY['identity_provider', 'identity_sub']
+                    AND pg_get_expr(i.indpred, i.indrelid) = '(identity_provider IS NOT NULL)',
+                    false) AS "as_needed!",
+                  pg_get_indexdef(i.indexrelid) AS "definition!",
+                  (SELECT min(p.pid) FROM pg_stat_progress_create_index p
+                   WHERE p.relid = i.indrelid AND p.index_relid IN (0, i.indexrelid)) AS "building"
+           FROM pg_index i
+           WHERE i.indexrelid = to_regclass(format('%I.users_identity_provider_sub_idx', current_schema()))"#
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(index) = found else {
+        return Ok(()); // not built yet: 0007 builds it, 0008 refuses to go on without it
+    };
+    let undo = if index_applied {
+        " then delete version 7 from _sqlx_migrations,"
+    } else {
+        ""
+    };
+    let reason = if let Some(pid) = index.building.filter(|_| !index.valid) {
+        format!(
+            "index users_identity_provider_sub_idx is being built concurrently (backend pid \
+             {pid}): wait for the build to finish, then migrate again"
+        )
+    } else if !index.valid {
+        format!(
+            "index users_identity_provider_sub_idx is INVALID (a concurrent build that failed, a \
+             duplicate identity or a cancelled session, left it): run DROP INDEX CONCURRENTLY \
+             users_identity_provider_sub_idx;{undo} and migrate again"
+        )
+    } else if !index.as_needed {
+        format!(
+            "index users_identity_provider_sub_idx is not the one sign-ins need (UNIQUE on \
+             (identity_provider, identity_sub) WHERE identity_provider IS NOT NULL); found: {}. \
+             Run DROP INDEX CONCURRENTLY users_identity_provider_sub_idx;{undo} and migrate again",
+            index.definition
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::MigrationBlocked { reason })
 }
 
 /// The up migration of `version` in [`MIGRATOR`](crate::MIGRATOR).
@@ -161,6 +534,47 @@ fn hex(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_key_is_sqlx_migrators() {
+        // sqlx-postgres 0.9 `generate_lock_id("livermore")`, as its migrator computes it.
+        assert_eq!(
+            lock_key("livermore"),
+            0x3d32ad9e * i64::from(crc32("livermore"))
+        );
+        assert_ne!(lock_key("livermore"), lock_key("livermore_test"));
+    }
+
+    /// CRC-32 (IEEE), bit by bit: a second reading of what the crate computes.
+    fn crc32(s: &str) -> u32 {
+        let mut crc = !0u32;
+        for byte in s.bytes() {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn pauses_grow_with_jitter_and_stay_bounded() {
+        for n in 0..40 {
+            let base = Duration::from_millis(200)
+                .saturating_mul(1 << n.min(5))
+                .min(Duration::from_secs(5));
+            let pause = pause_after(n);
+            assert!(
+                pause >= base / 2 && pause <= base.mul_f64(1.5),
+                "{n}: {pause:?}"
+            );
+        }
+        assert!(pause_after(30) <= Duration::from_millis(7500));
+    }
 
     #[test]
     fn the_first_checksums_are_sha384_and_differ_from_the_rewritten_ones() {

@@ -103,7 +103,8 @@ async fn read_schema(
             // pg_get_indexdef always qualifies the table with its schema; the schemas differ by design.
             r#"SELECT ic.relname::text AS "name!",
                       replace(pg_get_indexdef(i.indexrelid), ' ON ' || quote_ident($1) || '.', ' ON ')
-                          AS "definition!"
+                          AS "definition!",
+                      i.indisvalid AS "valid!"
                FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                WHERE i.indrelid = to_regclass(quote_ident($1) || '.' || quote_ident($2))"#,
             schema,
@@ -112,7 +113,13 @@ async fn read_schema(
         .fetch_all(&mut *conn)
         .await?;
         for i in indexes {
-            table.indexes.insert(i.name, i.definition);
+            // An INVALID index (a failed concurrent build) is not the index it names: sign-ins
+            // cannot use it, so it is drift.
+            let mut def = i.definition;
+            if !i.valid {
+                def.push_str(" INVALID");
+            }
+            table.indexes.insert(i.name, def);
         }
         tables.insert(name, table);
     }

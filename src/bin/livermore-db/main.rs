@@ -61,6 +61,13 @@ enum Command {
         /// Say what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Milliseconds one attempt waits for a migration's lock on `users` (reads and writes
+        /// queue behind it that long at most); then it rolls back, pauses and tries again.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        lock_attempt_ms: u64,
+        /// Seconds to keep trying before giving up, naming the sessions that held `users`.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        lock_budget_secs: u64,
     },
     /// List the migrations: applied, pending, mismatched (edited after being applied).
     Status,
@@ -127,7 +134,17 @@ enum Done {
 
 async fn run(target: &Target, command: Command) -> Result<Done, Failure> {
     let ok = match command {
-        Command::Migrate { dry_run } => migrate::migrate(target, dry_run).await?,
+        Command::Migrate {
+            dry_run,
+            lock_attempt_ms,
+            lock_budget_secs,
+        } => {
+            let retry = livermore_db::LockRetry::new(
+                std::time::Duration::from_millis(lock_attempt_ms),
+                std::time::Duration::from_secs(lock_budget_secs),
+            );
+            migrate::migrate(target, dry_run, retry).await?
+        }
         Command::Status => migrate::status(target).await?,
         Command::Drift => drift::drift(target).await?,
         Command::ImportClerk { file, batch_size } => {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use livermore_db::{MIGRATOR, Prepared};
+use livermore_db::{LockRetry, MIGRATOR, Prepared};
 use sqlx::migrate::{MigrateError, Migration};
 use sqlx::{Connection, PgConnection};
 
@@ -200,7 +200,7 @@ fn say_prepared(prepared: &Prepared, dry_run: bool) {
 }
 
 /// `migrate`: creates the database when missing, then applies the pending migrations one at a time.
-pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
+pub async fn migrate(target: &Target, dry_run: bool, retry: LockRetry) -> Result<bool, Failure> {
     println!("target: {}", target.shown);
     let mut conn = match target.connect().await? {
         Some(conn) => conn,
@@ -258,12 +258,19 @@ pub async fn migrate(target: &Target, dry_run: bool) -> Result<bool, Failure> {
 
     for m in &pending {
         let started = Instant::now();
-        // `run_to` takes the migration lock, re-checks every applied checksum, and applies each
-        // migration in its own transaction (so a failure leaves no half-applied migration).
-        MIGRATOR
-            .run_to(m.version, &mut conn)
+        // `migrate_on` takes the migration lock, re-checks every applied checksum, and applies each
+        // migration in its own transaction (so a failure leaves no half-applied migration), waiting
+        // for locks in short attempts (livermore_db::LockRetry).
+        livermore_db::migrate_on(&mut conn, Some(m.version), retry)
             .await
-            .map_err(|e| migrate_failure(&e))?;
+            .map_err(|e| match e {
+                livermore_db::Error::Migrate(e) => migrate_failure(&e),
+                livermore_db::Error::MigrationBlocked { reason } => {
+                    Failure::new(format!("migrating is blocked: {reason}"))
+                }
+                livermore_db::Error::Database(e) => Failure::new(describe(&e)),
+                other => Failure::new(other.to_string()),
+            })?;
         println!(
             "applied {} ({} ms)",
             label(m.version, &m.description),

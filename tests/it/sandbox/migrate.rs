@@ -168,6 +168,36 @@ async fn drift_is_reported_after_a_hand_made_change_and_not_before() {
         drifted.stdout
     );
 
+    // An INVALID index (the one a failed concurrent build leaves) under the right definition is
+    // drift: sign-ins cannot use it.
+    sqlx::query("DROP INDEX users_identity_provider_sub_idx")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub)
+         VALUES ('one', 'one@example.com', 'clerk', 'user_twice'),
+                ('two', 'two@example.com', 'clerk', 'user_twice')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE UNIQUE INDEX CONCURRENTLY users_identity_provider_sub_idx
+         ON users (identity_provider, identity_sub) WHERE identity_provider IS NOT NULL",
+    )
+    .execute(&mut conn)
+    .await
+    .expect_err("a duplicate identity fails the build");
+    let invalid = sandbox(&["drift"], "livermore_drift", &[]);
+    assert_eq!(invalid.code, 1, "{}{}", invalid.stdout, invalid.stderr);
+    assert!(
+        invalid.stdout.contains("users_identity_provider_sub_idx")
+            && invalid.stdout.contains(" INVALID"),
+        "{}",
+        invalid.stdout
+    );
+
     // The check left nothing behind.
     let scratch: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'livermore_db_drift%'",
@@ -308,15 +338,24 @@ async fn a_locked_table_fails_fast_and_leaves_the_database_as_it_was() {
         .await
         .unwrap();
 
-    let run = tokio::task::spawn_blocking(|| sandbox(&["migrate"], "livermore_locked", &[]))
-        .await
-        .unwrap();
+    let run = tokio::task::spawn_blocking(|| {
+        sandbox(
+            &["migrate", "--lock-budget-secs", "3"],
+            "livermore_locked",
+            &[],
+        )
+    })
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
 
-    // It gave up on its own (the migration's lock_timeout) instead of queueing behind the lock.
+    // It tried in short attempts (never queueing live traffic behind it for long), gave up at its
+    // budget, and said who held the table.
     let line = one_line_error(&run);
     assert!(
-        line.contains("0003") && line.contains("lock timeout"),
+        line.contains("0003")
+            && line.contains("could not lock users")
+            && line.contains("idle in transaction"),
         "{line}"
     );
     assert_eq!(
@@ -436,6 +475,12 @@ async fn adoption_refuses_a_shape_other_than_the_migrations_create() {
         if database.ends_with("elsewhere") {
             assert!(
                 line.contains(r#"a table users exists in schema "legacy""#),
+                "{database}: {line}"
+            );
+        } else if database.ends_with("_index") {
+            // Refused by its definition before the adoption check runs, saying what it found.
+            assert!(
+                line.contains("not the one sign-ins need") && line.contains("found: CREATE INDEX"),
                 "{database}: {line}"
             );
         } else {
