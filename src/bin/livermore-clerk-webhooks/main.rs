@@ -44,12 +44,39 @@ struct Args {
     /// Seconds given to requests in flight to finish after SIGTERM or SIGINT.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10.0, value_parser = seconds)]
     shutdown_grace: f64,
-    /// Deliveries handled at once; one more is answered 503 at once.
+    /// Seconds after SIGTERM or SIGINT during which `/readyz` answers 503 and everything else is
+    /// served as before, so that a load balancer stops sending; then the listener closes and the
+    /// requests in flight get the shutdown grace. A second signal stops at once.
+    #[arg(long, env = "DRAIN_DELAY_SECS", default_value_t = 5.0, value_parser = seconds_or_zero)]
+    drain_delay: f64,
+    /// Verified deliveries applied at once; one more is answered 503 at once.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_in_flight: u32,
+    /// Request bodies read at once, before their signature is checked (apart from the deliveries
+    /// in flight); one more is answered 503 at once.
+    #[arg(long, env = "MAX_READING", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_reading: u32,
+    /// Seconds a request's body may take to arrive; past it: 408.
+    #[arg(long, env = "BODY_TIMEOUT_SECS", default_value_t = 5.0, value_parser = seconds)]
+    body_timeout: f64,
+    /// Seconds a client may take to send a request's head, and an idle kept-alive connection may
+    /// wait for its next request; past it the connection is closed.
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 5.0, value_parser = seconds)]
+    header_timeout: f64,
+    /// Client connections open at once; past it a new connection is closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS_OPEN", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_open: u32,
     /// Database connections, at most.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     max_connections: u32,
+}
+
+/// A number of seconds from 0 to a day.
+fn seconds_or_zero(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err("a number of seconds from 0 to 86400".to_owned()),
+    }
 }
 
 /// A positive number of seconds, at most a day.
@@ -78,6 +105,7 @@ fn main() -> ExitCode {
         Err(e) => return bad_configuration(&e),
     };
     let connect = match required("DATABASE_URL").and_then(|url| {
+        check_database_url(&url)?;
         // sqlx's parse error may quote the URL, password included: not shown.
         PgConnectOptions::from_str(&url)
             .map_err(|_| "DATABASE_URL is not a PostgreSQL URL".to_owned())
@@ -96,6 +124,29 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(args, verifier, connect))
+}
+
+/// Refuses a `DATABASE_URL` that cannot work (sqlx would accept some, and every delivery would then
+/// fail): another scheme than `postgres`/`postgresql`, no host, no database. The messages never
+/// quote the value (it holds the password).
+fn check_database_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or("DATABASE_URL is not a postgres:// or postgresql:// URL")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.is_empty() || host.starts_with(':') {
+        return Err("DATABASE_URL has no host".to_owned());
+    }
+    if path.split(['?', '#']).next().unwrap_or("").is_empty() {
+        return Err(
+            "DATABASE_URL has no database (postgres://user:password@host/database)".to_owned(),
+        );
+    }
+    Ok(())
 }
 
 fn bad_configuration(message: &str) -> ExitCode {
@@ -137,6 +188,8 @@ async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions)
     let settings = Settings {
         deadline,
         max_in_flight: args.max_in_flight as usize,
+        max_reading: args.max_reading as usize,
+        body_timeout: Duration::from_secs_f64(args.body_timeout),
         ..Settings::default()
     };
     let state = AppState::new(pool.clone(), verifier, settings, Some(metrics));
@@ -152,50 +205,62 @@ async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions)
         Err(e) => warn!("listening, address unknown: {e}"),
     }
 
-    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
-    let server = tokio::spawn({
-        let stop = stop.clone();
-        let app = service::router(state.clone());
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        }
-    });
-    let signal = match shutdown_signal().await {
-        Ok(name) => name,
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
         Err(e) => {
             error!("cannot listen for signals: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = tokio::spawn(accept(
+        listener,
+        service::router(state.clone()),
+        Limits {
+            header_timeout: Duration::from_secs_f64(args.header_timeout),
+            max_open: args.max_connections_open as usize,
+        },
+        stop.clone(),
+    ));
     tokio::pin!(server);
-    let ended_early = tokio::select! {
-        name = signal => { info!("{name}: shutting down, finishing requests in flight"); None }
-        ended = &mut server => Some(ended),
+    let name = tokio::select! {
+        name = signals.next() => name,
+        ended = &mut server => {
+            error!("the server stopped: {ended:?}");
+            return ExitCode::FAILURE;
+        }
     };
-    if let Some(ended) = ended_early {
-        error!("the server stopped: {ended:?}");
-        return ExitCode::FAILURE;
-    }
+    // Not ready first, while everything is still served, so that the load balancer's probes see it
+    // and it stops sending; then the listener closes and the requests in flight get the grace.
     state.start_draining();
-    stop.notify_one();
+    let delay = Duration::from_secs_f64(args.drain_delay);
+    info!(
+        "{name}: not ready; stopping in {:.1} s, then finishing requests in flight",
+        delay.as_secs_f64()
+    );
     let grace = Duration::from_secs_f64(args.shutdown_grace);
-    let code = match tokio::time::timeout(grace, &mut server).await {
-        Ok(Ok(Ok(()))) => {
-            info!("stopped: every request in flight finished");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(Err(e))) => {
-            error!("the server failed while stopping: {e}");
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            error!("the server task failed: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            warn!("stopped: the shutdown grace ran out with requests in flight (rolled back)");
+    let drained = async {
+        tokio::time::sleep(delay).await;
+        stop.notify_one();
+        tokio::time::timeout(grace, &mut server).await
+    };
+    let code = tokio::select! {
+        drained = drained => match drained {
+            Ok(Ok(())) => {
+                info!("stopped: every request in flight finished");
+                ExitCode::SUCCESS
+            }
+            Ok(Err(e)) => {
+                error!("the server task failed: {e}");
+                ExitCode::FAILURE
+            }
+            Err(_) => {
+                warn!("stopped: the shutdown grace ran out with requests in flight (rolled back)");
+                ExitCode::FAILURE
+            }
+        },
+        name = signals.next() => {
+            warn!("{name} again: stopping now (requests in flight are rolled back)");
             ExitCode::FAILURE
         }
     };
@@ -204,14 +269,91 @@ async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions)
     code
 }
 
-/// Resolves with the signal's name at the first SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+/// SIGTERM and SIGINT, listened for from start-up on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT: its name.
+    async fn next(&mut self) -> &'static str {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    })
+    }
+}
+
+/// What bounds a client connection before any handler runs.
+struct Limits {
+    /// A request head (and, on a kept-alive connection, the wait for the next one) must arrive
+    /// within this; else hyper closes the connection.
+    header_timeout: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    max_open: usize,
+}
+
+/// Serves `app` on `listener` until `stop`, then closes the listener and waits for the open
+/// connections' requests to finish (hyper closes each connection once its request is answered).
+/// hyper's HTTP/1 server with a Tokio timer: `axum::serve` gives it none, so its header read timeout
+/// was off and a client that sent half a request head held the connection for good (enough of them
+/// used up file descriptors and blocked every drain).
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_open));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut over_limit_said = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.notified() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait a moment rather than spin.
+                warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if !over_limit_said {
+                warn!(
+                    "{} connections open: closing new ones until some end",
+                    limits.max_open
+                );
+                over_limit_said = true;
+            }
+            drop(stream);
+            continue;
+        };
+        over_limit_said = false;
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A connection's error (a client gone, a head too slow) is the client's affair.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

@@ -36,8 +36,16 @@ const RETRY_AFTER_SECS: &str = "5";
 pub struct Settings {
     /// The longest a delivery may take from its headers to its answer; past it: 503, rolled back.
     pub deadline: Duration,
-    /// Deliveries handled at once; one more is answered 503 at once.
+    /// Verified deliveries applied at once (each holds a database connection); one more is
+    /// answered 503 at once.
     pub max_in_flight: usize,
+    /// Request bodies being read at once, before any is verified; one more is answered 503 at once.
+    /// Kept apart from `max_in_flight`: unauthenticated clients trickling bodies can fill this one,
+    /// never the slots of verified deliveries.
+    pub max_reading: usize,
+    /// The longest a request's body may take to arrive; past it: 408 (a body trickled a byte a
+    /// second holds its slot this long at most).
+    pub body_timeout: Duration,
     /// How long `/readyz` waits for the database.
     pub ready_timeout: Duration,
 }
@@ -47,6 +55,8 @@ impl Default for Settings {
         Settings {
             deadline: Duration::from_secs(10),
             max_in_flight: 64,
+            max_reading: 256,
+            body_timeout: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(1),
         }
     }
@@ -58,27 +68,140 @@ pub struct AppState {
     pool: PgPool,
     verifier: Arc<WebhookVerifier>,
     settings: Arc<Settings>,
+    /// Verified deliveries being applied.
     in_flight: Arc<Semaphore>,
+    /// Bodies being read (not yet verified).
+    reading: Arc<Semaphore>,
     metrics: Option<PrometheusHandle>,
     draining: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
+}
+
+/// What the readiness task found last: `/readyz` reads it, costing no round trip and no connection
+/// of the deliveries' pool (eight deliveries waiting on one user's lock used to make every replica
+/// not ready).
+#[derive(Default)]
+struct Readiness {
+    /// 0: not checked yet; 1: ready; 2: the database does not answer; 3: not migrated.
+    state: std::sync::atomic::AtomicU8,
+    /// When it was found, in milliseconds since `epoch`.
+    at_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+const READY: u8 = 1;
+const DATABASE_DOWN: u8 = 2;
+const NOT_MIGRATED: u8 = 3;
+
+impl Readiness {
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    fn set(&self, state: u8) {
+        self.at_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.state.store(state, Ordering::SeqCst);
+    }
+
+    /// The last finding, if it is recent enough to go by.
+    fn current(&self, max_age: Duration) -> u8 {
+        let age = self
+            .now_ms()
+            .saturating_sub(self.at_ms.load(Ordering::SeqCst));
+        if age > max_age.as_millis() as u64 {
+            return 0;
+        }
+        self.state.load(Ordering::SeqCst)
+    }
+}
+
+/// How often the readiness task checks the database.
+const READINESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Checks the database every [`READINESS_EVERY`] on a connection of its own (opened again after a
+/// failure): that it answers within the ready timeout, and that every migration this build knows
+/// is applied (an unmigrated database fails every delivery with 42P01). Ends when the state is
+/// dropped.
+async fn watch_readiness(
+    options: sqlx::postgres::PgConnectOptions,
+    readiness: std::sync::Weak<Readiness>,
+    timeout: Duration,
+) {
+    use sqlx::Connection;
+    let known: Vec<i64> = livermore_db::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    let mut conn: Option<sqlx::PgConnection> = None;
+    loop {
+        let Some(readiness) = readiness.upgrade() else {
+            return;
+        };
+        let check = async {
+            if conn.is_none() {
+                conn = Some(sqlx::PgConnection::connect_with(&options).await?);
+            }
+            let Some(c) = conn.as_mut() else {
+                unreachable!("opened above")
+            };
+            // Two statements: one naming a table that does not exist fails as a whole.
+            let recorded = sqlx::query_scalar!(
+                r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "recorded!""#
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            if !recorded {
+                return Ok(0);
+            }
+            let applied = sqlx::query_scalar!(
+                r#"SELECT count(*) AS "applied!" FROM _sqlx_migrations
+                   WHERE success AND version = ANY($1)"#,
+                &known
+            )
+            .fetch_one(c)
+            .await?;
+            Ok::<_, sqlx::Error>(applied)
+        };
+        let state = match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(applied)) if applied == known.len() as i64 => READY,
+            Ok(Ok(_)) => NOT_MIGRATED,
+            Ok(Err(_)) | Err(_) => {
+                conn = None;
+                DATABASE_DOWN
+            }
+        };
+        readiness.set(state);
+        drop(readiness);
+        tokio::time::sleep(READINESS_EVERY).await;
+    }
 }
 
 impl AppState {
     /// The state for [`router`]. `metrics`: the installed Prometheus recorder's handle, which
-    /// `/metrics` renders (`None`: `/metrics` answers 404).
+    /// `/metrics` renders (`None`: `/metrics` answers 404). Starts the readiness task (on the
+    /// current Tokio runtime) on a connection of its own, with the pool's connect options.
     pub fn new(
         pool: PgPool,
         verifier: WebhookVerifier,
         settings: Settings,
         metrics: Option<PrometheusHandle>,
     ) -> Self {
+        let readiness = Arc::new(Readiness::default());
+        tokio::spawn(watch_readiness(
+            pool.connect_options().as_ref().clone(),
+            Arc::downgrade(&readiness),
+            settings.ready_timeout,
+        ));
         AppState {
             pool,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            reading: Arc::new(Semaphore::new(settings.max_reading)),
             verifier: Arc::new(verifier),
             settings: Arc::new(settings),
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
+            readiness,
         }
     }
 
@@ -98,17 +221,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Ready when the database answers within the ready timeout, and not shutting down.
+/// Ready when the readiness task last found the database answering and migrated (within the last
+/// few checks), and not shutting down. Answers from what the task found: no round trip, whoever asks.
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let ping = sqlx::query_scalar!(r#"SELECT 1 AS "one!""#).fetch_one(&state.pool);
-    match tokio::time::timeout(state.settings.ready_timeout, ping).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(_)) | Err(_) => {
+    let max_age = state.settings.ready_timeout + 4 * READINESS_EVERY;
+    match state.readiness.current(max_age) {
+        READY => (StatusCode::OK, "ready").into_response(),
+        NOT_MIGRATED => (StatusCode::SERVICE_UNAVAILABLE, "database not migrated").into_response(),
+        DATABASE_DOWN => {
             (StatusCode::SERVICE_UNAVAILABLE, "database not answering").into_response()
         }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database not checked yet").into_response(),
     }
 }
 
@@ -173,18 +299,9 @@ struct Seen {
 async fn clerk_webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let mut seen = Seen::default();
-    let answer = match state.in_flight.clone().try_acquire_owned() {
-        Err(_) => Answer::refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in flight",
-        ),
-        Ok(_permit) => {
-            metrics::gauge!(IN_FLIGHT).increment(1.0);
-            let answer = handle(&state, &headers, body, started, &mut seen).await;
-            metrics::gauge!(IN_FLIGHT).decrement(1.0);
-            answer
-        }
+    let answer = {
+        let _gauge = InFlightGauge::enter();
+        handle(&state, &headers, body, started, &mut seen).await
     };
     let latency = started.elapsed();
     let status = answer.status.as_u16();
@@ -217,6 +334,23 @@ async fn clerk_webhook(State(state): State<AppState>, headers: HeaderMap, body: 
         );
     }
     answer.response()
+}
+
+/// Counts a request in [`IN_FLIGHT`] while it lives: dropped with the handler's future too (a client
+/// that hangs up), so the gauge never stays raised.
+struct InFlightGauge;
+
+impl InFlightGauge {
+    fn enter() -> InFlightGauge {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        InFlightGauge
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
 }
 
 /// The event types this service names in logs: any other is `other` (the type is the sender's
@@ -259,7 +393,29 @@ async fn handle(
     }
     let deadline = started + state.settings.deadline;
     let within = tokio::time::timeout_at(deadline.into(), async {
-        let bytes = match axum::body::to_bytes(body, limit).await {
+        // A slot for reading the body, apart from the verified deliveries' slots: whoever sends
+        // headers that look signed can take one, for the body timeout at most.
+        let Ok(reading) = state.reading.try_acquire() else {
+            return Answer::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many bodies being read",
+            );
+        };
+        let read = tokio::time::timeout(
+            state.settings.body_timeout,
+            axum::body::to_bytes(body, limit),
+        )
+        .await;
+        drop(reading);
+        let Ok(read) = read else {
+            return Answer::refused(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive in time",
+            );
+        };
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) => {
                 let too_large = std::error::Error::source(&e)
@@ -287,6 +443,14 @@ async fn handle(
         };
         seen.message_id = Some(verified.message_id.clone());
         seen.event_type = Some(known_type(&verified.event.event_type));
+        // Only a verified delivery takes one of the slots that hold database connections.
+        let Ok(_applying) = state.in_flight.try_acquire() else {
+            return Answer::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many deliveries in flight",
+            );
+        };
         apply(state, &verified.event, deadline).await
     });
     match within.await {

@@ -4,7 +4,7 @@ use super::*;
 
 #[sqlx::test]
 async fn sigterm_lets_a_request_in_flight_finish_and_exits_0(pool: PgPool) {
-    let program = Program::start(url_of(&pool).as_str(), &[]).await;
+    let program = Program::start(url_of(&pool).as_str(), &["--drain-delay", "0"]).await;
     let holder = hold_identity(&pool, "user_term").await;
     let in_flight = tokio::spawn({
         let http = program.http.clone();
@@ -270,4 +270,242 @@ async fn readyz_follows_the_database_and_deliveries_answer_503_while_it_is_down(
         (200, &json!("created")),
         "{body}"
     );
+}
+
+/// Opens a connection and sends `bytes`, then nothing more; the connection stays open until dropped.
+async fn sending_only(program: &Program, bytes: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(program.addr()).await.unwrap();
+    stream.write_all(bytes.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection, or `within` passes: the bytes it sent, or `None`
+/// if it kept the connection open.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A request head that looks signed (a current timestamp, any `v1` entry: checking it needs the
+/// body), declaring a body of `length` bytes.
+fn signed_looking_head(length: usize) -> String {
+    format!(
+        "POST /webhooks/clerk HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\nsvix-id: msg_x\r\nsvix-timestamp: {}\r\n\
+         svix-signature: v1,AAAA\r\n\r\n",
+        now()
+    )
+}
+
+/// A request head sent in part and never finished, and a kept-alive connection left idle, are
+/// closed after the header timeout (they used to stay open for good: `axum::serve` gave hyper no
+/// timer).
+#[sqlx::test]
+async fn unfinished_heads_and_idle_connections_are_closed(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--header-timeout", "1"]).await;
+    let mut half = sending_only(&program, "POST /webhooks/clerk HTTP/1.1\r\nhost: te").await;
+    assert!(
+        until_closed(&mut half, Duration::from_secs(15))
+            .await
+            .is_some(),
+        "a half-sent head kept its connection open"
+    );
+    let mut idle = sending_only(&program, "GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    let answer = until_closed(&mut idle, Duration::from_secs(15))
+        .await
+        .expect("an idle kept-alive connection was kept open");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A body that does not arrive within the body timeout is answered 408, and its slot is free again.
+#[sqlx::test]
+async fn a_body_slower_than_the_body_timeout_is_answered_408(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--body-timeout", "1"]).await;
+    let mut slow = sending_only(&program, &format!("{}{{", signed_looking_head(1000))).await;
+    let answer = until_closed(&mut slow, Duration::from_secs(15))
+        .await
+        .expect("an answer and the connection closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let (status, _, body) = program
+        .deliver("msg_after", &created_body("user_after"))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+}
+
+/// 160 hostile connections, none with the secret (80 request heads never finished, 80 bodies
+/// trickled a byte a second under headers that look signed), cannot keep a signed delivery out:
+/// it is applied, `/healthz` answers, and SIGTERM exits 0 within the grace. (Before: the trickled
+/// bodies took every in-flight slot, the delivery got 503, and the drain waited on the unfinished
+/// heads until the grace ran out: exit 1.)
+#[sqlx::test]
+async fn unauthenticated_clients_cannot_starve_signed_deliveries(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--drain-delay", "0"]).await;
+    let mut hostile = Vec::new();
+    for _ in 0..80 {
+        hostile.push(sending_only(&program, "POST /webhooks/clerk HTTP/1.1\r\nhost: te").await);
+    }
+    let mut trickling = tokio::task::JoinSet::new();
+    for _ in 0..80 {
+        let mut stream = sending_only(&program, &signed_looking_head(100_000)).await;
+        trickling.spawn(async move {
+            for _ in 0..60 {
+                if stream.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    // Every hostile connection is open and waiting now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, body) = program
+        .deliver("msg_real", &created_body("user_real"))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    assert_eq!(program.get("/healthz").await.0, 200);
+    assert_eq!(user_count(&pool).await, 1);
+    program.signal("TERM");
+    assert_eq!(program.exit_code(Duration::from_secs(30)).await, Some(0));
+    trickling.abort_all();
+    drop(hostile);
+}
+
+/// At SIGTERM `/readyz` turns 503 first while everything is still served, for the drain delay, so
+/// that a load balancer's probes see it; then new connections are refused and the program exits 0.
+/// A second SIGTERM stops at once, even with a delivery in flight (exit 1).
+#[sqlx::test]
+async fn sigterm_turns_readiness_off_before_closing_and_a_second_one_stops_at_once(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--drain-delay", "2"]).await;
+    until_readyz(&program, 200, "ready").await;
+    program.signal("TERM");
+    let signalled = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while program.get("/readyz").await.0 != 503 {
+        assert!(Instant::now() < deadline, "/readyz never said 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Seen while the listener is still open: everything else is still served.
+    assert_eq!(program.get("/healthz").await.0, 200, "still serving");
+    let (status, _, body) = program
+        .deliver("msg_draining", &created_body("user_draining"))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    loop {
+        if TcpStream::connect(program.addr()).await.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1900),
+        "closed before the drain delay"
+    );
+    assert_eq!(program.exit_code(Duration::from_secs(20)).await, Some(0));
+
+    let program = Program::start(url_of(&pool).as_str(), &["--drain-delay", "30"]).await;
+    let holder = hold_identity(&pool, "user_second").await;
+    let in_flight = tokio::spawn({
+        let http = program.http.clone();
+        async move {
+            let _ = http
+                .deliver("msg_second", &created_body("user_second"))
+                .await;
+        }
+    });
+    until_waiting(&pool, 1).await;
+    program.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    program.signal("TERM");
+    assert_eq!(program.exit_code(Duration::from_secs(5)).await, Some(1));
+    holder.rollback().await.unwrap();
+    let _ = in_flight.await;
+}
+
+/// Asks `/readyz` until it answers `status` with `body`, for at most 10 s.
+async fn until_readyz(program: &Program, status: u16, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, text) = program.get("/readyz").await;
+        if (got, text.as_str()) == (status, body) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {got} ({text}) after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Readiness is the database's, not the pool's: with every pool connection held by deliveries
+/// waiting on one user's lock, `/readyz` stays ready (it used to take a pool connection and say 503
+/// after its timeout); and an unmigrated database is not ready (every delivery would fail there).
+#[sqlx::test(migrations = false)]
+async fn readiness_ignores_a_busy_pool_and_refuses_an_unmigrated_database(pool: PgPool) {
+    let program = Program::start(
+        url_of(&pool).as_str(),
+        &["--max-connections", "2", "--request-deadline", "30"],
+    )
+    .await;
+    until_readyz(&program, 503, "database not migrated").await;
+    for _ in 0..10 {
+        assert_eq!(
+            program.get("/readyz").await.0,
+            503,
+            "ready while unmigrated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    livermore_db::migrate(&pool).await.unwrap();
+    until_readyz(&program, 200, "ready").await;
+
+    let holder = hold_identity(&pool, "user_pool").await;
+    let mut waiting = Vec::new();
+    for k in 0..2 {
+        let http = program.http.clone();
+        waiting.push(tokio::spawn(async move {
+            http.deliver(&format!("msg_pool{k}"), &created_body("user_pool"))
+                .await
+        }));
+    }
+    until_waiting(&pool, 2).await;
+    for _ in 0..20 {
+        assert_eq!(
+            program.get("/readyz").await.0,
+            200,
+            "a busy pool made it not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder.rollback().await.unwrap();
+    for task in waiting {
+        assert_eq!(task.await.unwrap().0, 200);
+    }
 }

@@ -175,6 +175,22 @@ async fn start_up_fails_clearly_without_a_usable_configuration() {
         !text.contains("hunter2") && !text.contains("whsec_"),
         "{text}"
     );
+    // A URL that cannot work is refused at start, naming the variable, never its value.
+    for (bad, why) in [
+        ("mysql://x:hunter2@db/livermore", "not a postgres"),
+        ("postgres://x:hunter2@db", "no database"),
+        ("postgresql://x:hunter2@/livermore", "no host"),
+    ] {
+        let (code, text) = run(
+            &[("CLERK_WEBHOOK_SECRET", SECRET), ("DATABASE_URL", bad)],
+            &[],
+        );
+        assert_eq!(code, Some(2), "{bad}: {text}");
+        assert!(
+            text.contains("DATABASE_URL") && text.contains(why) && !text.contains("hunter2"),
+            "{bad}: {text}"
+        );
+    }
     let (code, text) = run(
         &[url, ("CLERK_WEBHOOK_SECRET", SECRET)],
         &["--listen", "nowhere"],
@@ -200,6 +216,11 @@ async fn start_up_fails_clearly_without_a_usable_configuration() {
         "REQUEST_DEADLINE_SECS",
         "SHUTDOWN_GRACE_SECS",
         "MAX_IN_FLIGHT",
+        "MAX_READING",
+        "BODY_TIMEOUT_SECS",
+        "HEADER_TIMEOUT_SECS",
+        "MAX_CONNECTIONS_OPEN",
+        "DRAIN_DELAY_SECS",
         "CLERK_WEBHOOK_SECRET",
         "DATABASE_URL",
     ] {
