@@ -43,7 +43,7 @@ for run in $(seq 1 "$runs"); do
     failed=$((failed + 1))
   fi
   echo "run $run: $result in $((SECONDS - started)) s"
-  grep -oE '(under writes|paused replica).*' "$log" | sed 's/^/  /' || true
+  grep -oE '(under writes|paused replica|beside the migration).*' "$log" | sed 's/^/  /' || true
   if [ "$result" = FAILED ]; then
     grep -E 'panicked at|^test .* FAILED' -A2 "$log" | grep -v '^--$' | sed 's/^/  /' | head -20
   fi
