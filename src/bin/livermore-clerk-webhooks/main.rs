@@ -1,7 +1,8 @@
 //! `livermore-clerk-webhooks`: the Clerk webhook service. It verifies each delivery's signature and
 //! applies the event to the Livermore database through livermore-db (feature `webhook-service`).
 //!
-//! `livermore-clerk-webhooks --help` lists its settings; `docs/operations.md` says how to deploy it.
+//! `livermore-clerk-webhooks --help` lists its settings; `docs/webhook-service.md` says how to deploy
+//! it.
 //! Exit status: 0 after a clean shutdown (SIGTERM or SIGINT, every request in flight finished), 1
 //! when it could not serve or the shutdown grace ran out with requests still in flight, 2 on bad
 //! configuration. Nothing it prints holds a secret, the database URL or a value from a request body.
@@ -27,19 +28,20 @@ use service::{AppState, Settings};
 #[command(
     name = "livermore-clerk-webhooks",
     version,
-    after_help = "secrets (from the environment only, never a flag):
+    after_help = "secrets (from the environment only, never a flag; or from a file: NAME_FILE=path):
   CLERK_WEBHOOK_SECRET  the endpoint's signing secret (whsec_...); while rotating, the new and the
                         old one, space-separated
   DATABASE_URL          the Livermore database, migrated (postgres://user:password@host/db)
 
-Serve it behind a TLS-terminating proxy; see docs/operations.md."
+Serve it behind a TLS-terminating proxy; see docs/webhook-service.md."
 )]
 struct Args {
     /// Where to listen (host:port).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Seconds a delivery may take, from its headers to its answer; past it: 503, rolled back.
-    #[arg(long, env = "REQUEST_DEADLINE_SECS", default_value_t = 10.0, value_parser = seconds)]
+    /// Seconds a delivery may take, from its headers to its answer; past it: 503, rolled back. At
+    /// most 15: Svix gives up on a delivery after 15 s, and work past that is wasted.
+    #[arg(long, env = "REQUEST_DEADLINE_SECS", default_value_t = 10.0, value_parser = deadline_seconds)]
     request_deadline: f64,
     /// Seconds given to requests in flight to finish after SIGTERM or SIGINT.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10.0, value_parser = seconds)]
@@ -71,6 +73,14 @@ struct Args {
     max_connections: u32,
 }
 
+/// A positive number of seconds, at most Svix's 15 s delivery timeout.
+fn deadline_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 15.0 => Ok(s),
+        _ => Err("a number of seconds above 0 and at most 15 (Svix's delivery timeout)".to_owned()),
+    }
+}
+
 /// A number of seconds from 0 to a day.
 fn seconds_or_zero(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -88,11 +98,24 @@ fn seconds(text: &str) -> Result<f64, String> {
 }
 
 /// Reads a variable that must be set and not empty; says which is missing, never its value.
+/// A secret from the environment: `NAME`, or the file `NAME_FILE` names (as container orchestrators
+/// mount secrets; its trailing newline dropped). Setting both is refused. Messages name the variable,
+/// never the value.
 fn required(name: &str) -> Result<String, String> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| format!("{name} is not set"))
+    let set = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let file_var = format!("{name}_FILE");
+    match (set(name), set(&file_var)) {
+        (Some(_), Some(_)) => Err(format!("set {name} or {file_var}, not both")),
+        (Some(value), None) => Ok(value),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => {
+                Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            Ok(_) => Err(format!("{file_var}: the file is empty")),
+            Err(e) => Err(format!("{file_var}: cannot read the file ({})", e.kind())),
+        },
+        (None, None) => Err(format!("{name} is not set")),
+    }
 }
 
 fn main() -> ExitCode {

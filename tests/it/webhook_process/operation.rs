@@ -191,6 +191,63 @@ async fn start_up_fails_clearly_without_a_usable_configuration() {
             "{bad}: {text}"
         );
     }
+    // Secrets from files (NAME_FILE), as orchestrators mount them: read (the refusals below come
+    // from their contents), a missing file or both ways at once refused, naming the variable.
+    let dir =
+        std::env::temp_dir().join(format!("livermore-webhook-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (secret_file, url_file) = (dir.join("secret"), dir.join("url"));
+    std::fs::write(&secret_file, "sk_live_abcdefghijklmnop\n").unwrap();
+    std::fs::write(&url_file, "mysql://x:hunter2@db/livermore\n").unwrap();
+    let secret_path = secret_file.to_str().unwrap();
+    let url_path = url_file.to_str().unwrap();
+    let (code, text) = run(&[url, ("CLERK_WEBHOOK_SECRET_FILE", secret_path)], &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("does not start with whsec_") && !text.contains("sk_live"),
+        "{text}"
+    );
+    let (code, text) = run(
+        &[
+            ("CLERK_WEBHOOK_SECRET", SECRET),
+            ("DATABASE_URL_FILE", url_path),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("not a postgres") && !text.contains("hunter2"),
+        "{text}"
+    );
+    let (code, text) = run(
+        &[
+            url,
+            ("CLERK_WEBHOOK_SECRET", SECRET),
+            ("CLERK_WEBHOOK_SECRET_FILE", secret_path),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("not both"), "{text}");
+    let (code, text) = run(
+        &[
+            url,
+            ("CLERK_WEBHOOK_SECRET_FILE", "/nonexistent/livermore-secret"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("CLERK_WEBHOOK_SECRET_FILE: cannot read"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A deadline past Svix's 15 s is refused.
+    let (code, text) = run(
+        &[url, ("CLERK_WEBHOOK_SECRET", SECRET)],
+        &["--request-deadline", "16"],
+    );
+    assert_eq!(code, Some(2), "{text}");
     let (code, text) = run(
         &[url, ("CLERK_WEBHOOK_SECRET", SECRET)],
         &["--listen", "nowhere"],
