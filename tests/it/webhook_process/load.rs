@@ -471,7 +471,7 @@ async fn until_readyz(program: &Program, status: u16, body: &str) {
 async fn readiness_ignores_a_busy_pool_and_refuses_an_unmigrated_database(pool: PgPool) {
     let program = Program::start(
         url_of(&pool).as_str(),
-        &["--max-connections", "2", "--request-deadline", "30"],
+        &["--max-connections", "2", "--request-deadline", "15"],
     )
     .await;
     until_readyz(&program, 503, "database not migrated").await;
