@@ -22,6 +22,9 @@ use tracing::{error, info, warn};
 
 use service::{AppState, Settings};
 
+/// How often the Prometheus recorder's upkeep runs (its own default when it runs it itself).
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The Clerk webhook service of livermore-db: `POST /webhooks/clerk`, `GET /healthz`, `GET /readyz`,
 /// `GET /metrics` (Prometheus).
 #[derive(Parser)]
@@ -32,6 +35,7 @@ use service::{AppState, Settings};
   CLERK_WEBHOOK_SECRET  the endpoint's signing secret (whsec_...); while rotating, the new and the
                         old one, space-separated
   DATABASE_URL          the Livermore database, migrated (postgres://user:password@host/db)
+logging: RUST_LOG (default info; for example warn, or info,sqlx=warn)
 
 Serve it behind a TLS-terminating proxy; see docs/webhook-service.md."
 )]
@@ -120,7 +124,9 @@ fn required(name: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging();
+    if let Err(e) = init_logging() {
+        return bad_configuration(&e);
+    }
     let verifier = match required("CLERK_WEBHOOK_SECRET").and_then(|s| {
         WebhookVerifier::from_list(&s).map_err(|e| format!("CLERK_WEBHOOK_SECRET: {e}"))
     }) {
@@ -177,13 +183,30 @@ fn bad_configuration(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging() {
+/// Logs to stderr at the level `RUST_LOG` says (`info` when unset; the usual `tracing` filter
+/// syntax, `warn` or `info,sqlx=warn` for example). An unreadable `RUST_LOG` is refused after the
+/// logger starts at `info`, so that the refusal is logged.
+fn init_logging() -> Result<(), String> {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let (filter, refused) = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => match EnvFilter::try_new(text) {
+            Ok(filter) => (filter, None),
+            // The parser's message quotes the text: not shown.
+            Err(_) => (
+                EnvFilter::new("info"),
+                Some("RUST_LOG is not a log filter (for example: info, or warn,livermore=info)"),
+            ),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
     tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    refused.map_or(Ok(()), |message| Err(message.to_owned()))
 }
 
 async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions) -> ExitCode {
@@ -202,11 +225,27 @@ async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions)
             return ExitCode::FAILURE;
         }
     };
+    service::describe_metrics();
+    // `install_recorder` leaves the upkeep to its caller: without it the histogram's samples pile
+    // up between scrapes (and for good when nothing scrapes).
+    tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    });
     let deadline = Duration::from_secs_f64(args.request_deadline);
     // Lazily connected: the service starts, and `/readyz` says so, while the database is down.
     let pool = livermore_db::pool_options()
         .max_connections(args.max_connections)
-        .acquire_timeout(deadline)
+        // Past the deadline, so that the handler's deadline decides, and tells an outage from a
+        // busy pool (`service::apply`), rather than the pool's timer racing it.
+        .acquire_timeout(deadline + Duration::from_secs(1))
         .connect_lazy_with(connect);
     let settings = Settings {
         deadline,

@@ -16,16 +16,69 @@ use axum::routing::{get, post};
 use livermore_db::clerk::{Outcome, WebhookError, WebhookHeaders, WebhookVerifier, apply_event};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 /// The request counter: `outcome` and `status` labels.
 pub const DELIVERIES: &str = "clerk_webhook_deliveries_total";
-/// The histogram of the time from the request to the answer, in seconds, for applied events.
+/// The histogram of the time an applied event took in the database, in seconds: from asking the
+/// pool for a connection to the commit (not the body's reading or the signature check).
 pub const APPLY_SECONDS: &str = "clerk_webhook_apply_seconds";
-/// The gauge of requests being handled.
+/// The gauge of requests to the webhook route being handled (reading, verifying or applying).
 pub const IN_FLIGHT: &str = "clerk_webhook_requests_in_flight";
+
+/// Every `outcome` this program counts, with its status: each series is exported from the start,
+/// at 0, so that a rate or an alert over it has a series before the first such answer.
+const OUTCOMES: &[(&str, u16)] = &[
+    ("created", 200),
+    ("updated", 200),
+    ("stale", 200),
+    ("deactivated", 200),
+    ("already_deactivated", 200),
+    ("deleted_before_seen", 200),
+    ("no_verified_email", 200),
+    ("ignored", 200),
+    ("other", 200),
+    ("body_not_read", 400),
+    ("invalid", 400),
+    ("not_a_clerk_event", 400),
+    ("unauthenticated", 401),
+    ("body_timeout", 408),
+    ("conflict", 409),
+    ("too_large", 413),
+    ("not_applied", 500),
+    ("database", 503),
+    ("deadline", 503),
+    ("overloaded", 503),
+];
+
+/// Describes the metrics (Prometheus' `# HELP` lines) and creates every series at 0. Called once,
+/// after the recorder is installed.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        DELIVERIES,
+        "Requests to the webhook route, by outcome and HTTP status"
+    );
+    metrics::describe_histogram!(
+        APPLY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time an applied event took in the database, from asking for a connection to the commit"
+    );
+    metrics::describe_gauge!(
+        IN_FLIGHT,
+        "Requests to the webhook route being read, verified or applied"
+    );
+    for (outcome, status) in OUTCOMES {
+        metrics::counter!(DELIVERIES, "outcome" => *outcome, "status" => status.to_string())
+            .increment(0);
+    }
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+    // A histogram is exported once it holds a value; registering it is enough for its empty
+    // buckets to be there from the start.
+    let _ = metrics::histogram!(APPLY_SECONDS);
+}
 
 /// What `Retry-After` says on a 503: Svix retries on its own schedule, but a proxy or a person
 /// replaying by hand reads it.
@@ -178,6 +231,12 @@ async fn watch_readiness(
 }
 
 impl AppState {
+    /// What the readiness task found last, if recent (within a few checks).
+    fn database_state(&self) -> u8 {
+        let max_age = self.settings.ready_timeout + 4 * READINESS_EVERY;
+        self.readiness.current(max_age)
+    }
+
     /// The state for [`router`]. `metrics`: the installed Prometheus recorder's handle, which
     /// `/metrics` renders (`None`: `/metrics` answers 404). Starts the readiness task (on the
     /// current Tokio runtime) on a connection of its own, with the pool's connect options.
@@ -227,8 +286,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let max_age = state.settings.ready_timeout + 4 * READINESS_EVERY;
-    match state.readiness.current(max_age) {
+    match state.database_state() {
         READY => (StatusCode::OK, "ready").into_response(),
         NOT_MIGRATED => (StatusCode::SERVICE_UNAVAILABLE, "database not migrated").into_response(),
         DATABASE_DOWN => {
@@ -305,6 +363,11 @@ async fn clerk_webhook(State(state): State<AppState>, headers: HeaderMap, body: 
     };
     let latency = started.elapsed();
     let status = answer.status.as_u16();
+    debug_assert!(
+        OUTCOMES.contains(&(answer.outcome, status)),
+        "{} {status} is not in OUTCOMES",
+        answer.outcome
+    );
     metrics::counter!(DELIVERIES, "outcome" => answer.outcome, "status" => status.to_string())
         .increment(1);
     let message_id = seen.message_id.as_deref().unwrap_or("-");
@@ -392,6 +455,8 @@ async fn handle(
         );
     }
     let deadline = started + state.settings.deadline;
+    let phase = Phase::default();
+    debug_assert_eq!(phase.get(), Phase::BEFORE);
     let within = tokio::time::timeout_at(deadline.into(), async {
         // A slot for reading the body, apart from the verified deliveries' slots: whoever sends
         // headers that look signed can take one, for the body timeout at most.
@@ -451,12 +516,19 @@ async fn handle(
                 "too many deliveries in flight",
             );
         };
-        apply(state, &verified.event, deadline).await
+        apply(state, &verified.event, deadline, &phase).await
     });
     match within.await {
         Ok(answer) => answer,
-        // The transaction (if one was open) is dropped with the future: rolled back. The server
-        // side ends by itself too: the statement timeout set in it runs out at the deadline.
+        // The transaction (if one was open) is dropped with the future, its connection closed:
+        // the server rolls it back within 100 ms (see `apply`).
+        Err(_) if phase.get() == Phase::CONNECTING && state.database_state() != READY => {
+            Answer::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database",
+                "database unreachable",
+            )
+        }
         Err(_) => Answer::refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "deadline",
@@ -475,26 +547,24 @@ fn refused_by_verifier(e: &WebhookError) -> Answer {
     Answer::refused(status, outcome, e.to_string())
 }
 
-/// Applies the event in a transaction whose statements the server ends at the deadline, so that a
-/// delivery waiting for its identity's lock gives up on both sides at once.
+/// Applies the event in a transaction, bounded on the server as on the client: the statements end at
+/// the deadline (`statement_timeout`, the time left when the transaction starts), and if the
+/// deadline passes first, the connection is closed rather than returned, so that the server, which
+/// checks its client every 100 ms (`client_connection_check_interval`), ends the statement and
+/// rolls back at once instead of going on for up to the whole deadline again.
 async fn apply(
     state: &AppState,
     event: &livermore_db::clerk::ClerkEvent,
     deadline: Instant,
+    phase: &Phase,
 ) -> Answer {
     let applied = async {
-        let mut tx = state.pool.begin().await?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = format!("{}ms", left.as_millis().max(1));
-        sqlx::query_scalar!(
-            r#"SELECT set_config('statement_timeout', $1, true) AS "set!""#,
-            timeout
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let applied = apply_event(&mut *tx, event).await?;
-        tx.commit().await?;
-        Ok::<_, livermore_db::Error>(applied)
+        phase.set(Phase::CONNECTING);
+        let mut conn = Abandonable::new(state.pool.acquire().await?);
+        phase.set(Phase::APPLYING);
+        let applied = apply_in_transaction(&mut conn, event, deadline).await;
+        conn.finished = true;
+        applied
     };
     let started = Instant::now();
     match applied.await {
@@ -512,6 +582,83 @@ async fn apply(
             }
         }
         Err(e) => refused_by_library(&e),
+    }
+}
+
+async fn apply_in_transaction(
+    conn: &mut PgConnection,
+    event: &livermore_db::clerk::ClerkEvent,
+    deadline: Instant,
+) -> Result<livermore_db::clerk::Applied, livermore_db::Error> {
+    let mut tx = conn.begin().await?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout = format!("{}ms", left.as_millis().max(1));
+    sqlx::query_scalar!(
+        r#"SELECT set_config('statement_timeout', $1, true)
+                  || set_config('client_connection_check_interval', '100ms', true) AS "set!""#,
+        timeout
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let applied = apply_event(&mut *tx, event).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// A pooled connection that is closed, not returned to the pool, when dropped before its work
+/// finished (the deadline passed mid-statement). Returned, sqlx would wait for the statement to end
+/// before reusing it, and the server would go on with it until its `statement_timeout`.
+struct Abandonable {
+    conn: PoolConnection<Postgres>,
+    finished: bool,
+}
+
+impl Abandonable {
+    fn new(conn: PoolConnection<Postgres>) -> Abandonable {
+        Abandonable {
+            conn,
+            finished: false,
+        }
+    }
+}
+
+impl std::ops::Deref for Abandonable {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Abandonable {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Abandonable {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Where a delivery is when its deadline passes, which tells a database outage (no connection could
+/// be had while the readiness check finds the database down) from waiting (locks, a busy pool).
+#[derive(Default)]
+struct Phase(std::sync::atomic::AtomicU8);
+
+impl Phase {
+    const BEFORE: u8 = 0;
+    const CONNECTING: u8 = 1;
+    const APPLYING: u8 = 2;
+
+    fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -538,6 +685,19 @@ fn refused_by_library(e: &livermore_db::Error) -> Answer {
             "conflict",
             "the identity belongs to another user",
         ),
+        // The statement timeout (the deadline, on the server's side) or a lock wait given up.
+        Error::Database(db)
+            if db
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|code| code == "57014" || code == "55P03") =>
+        {
+            Answer::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deadline",
+                "the request deadline passed",
+            )
+        }
         Error::Database(db) => {
             let reason = match db.as_database_error().and_then(|d| d.code()) {
                 Some(code) => format!("database error, SQLSTATE {code}"),

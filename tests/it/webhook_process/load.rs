@@ -48,7 +48,11 @@ async fn past_the_deadline_503_with_retry_after_and_nothing_written(pool: PgPool
         .deliver("msg_late", &created_body("user_late"))
         .await;
     let took = started.elapsed();
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("deadline")),
+        "{body}"
+    );
     assert!(retry_after.is_some(), "503 says when to retry");
     assert!(
         took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
@@ -68,6 +72,79 @@ async fn past_the_deadline_503_with_retry_after_and_nothing_written(pool: PgPool
         (200, &json!("created")),
         "{body}"
     );
+}
+
+/// Past the deadline the server stops too, even when an earlier statement used part of it: the
+/// delivery waits 1.2 s of its 2 s for the identity's lock, then for the user's row. The 503 comes at
+/// 2 s and 0.5 s later nothing of it still waits (its statement timeout, granted again to the second
+/// statement, kept it waiting until 3.2 s).
+#[sqlx::test]
+async fn past_the_deadline_the_server_stops_too_after_a_second_wait(pool: PgPool) {
+    let program = Program::start(url_of(&pool).as_str(), &["--request-deadline", "2"]).await;
+    let (status, _, body) = program
+        .deliver("msg_first", &created_body("user_two"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut row = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE identity_sub = $1 FOR UPDATE")
+        .bind("user_two")
+        .execute(&mut *row)
+        .await
+        .unwrap();
+    let identity = hold_identity(&pool, "user_two").await;
+    let updated = event_body(
+        "user.updated",
+        clerk_user(
+            "user_two",
+            "user_two@example.com",
+            T0 + 1000,
+            json!({"first_name": "Grace"}),
+        ),
+    );
+    let started = Instant::now();
+    let delivery = tokio::spawn({
+        let http = program.http.clone();
+        async move { http.deliver("msg_second", &updated).await }
+    });
+    until_waiting(&pool, 1).await;
+    tokio::time::sleep_until((started + Duration::from_millis(1200)).into()).await;
+    identity.rollback().await.unwrap();
+    let (status, _, body) = delivery.await.unwrap();
+    let answered = started.elapsed();
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("deadline")),
+        "{body}"
+    );
+    assert!(answered < Duration::from_millis(2900), "{answered:?}");
+    let mut waiting = i64::MAX;
+    while started.elapsed() < answered + Duration::from_millis(500) {
+        // A row lock's waiter waits on the holder's transaction id: a lock without a database.
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        waiting,
+        0,
+        "a statement of the delivery still waits {:?} after its 503",
+        started.elapsed() - answered
+    );
+    row.rollback().await.unwrap();
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT display_name FROM users WHERE identity_sub = 'user_two'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(name.as_deref(), Some("Ada Lovelace"), "nothing written");
 }
 
 #[sqlx::test]
@@ -258,8 +335,22 @@ async fn readyz_follows_the_database_and_deliveries_answer_503_while_it_is_down(
     let (status, retry_after, body) = program
         .deliver("msg_down", &created_body("user_down"))
         .await;
-    assert_eq!(status, 503, "{body}");
+    // Counted as the outage it is, not as a deadline (which alerts read as lock waits): the first
+    // delivery on the cut connection, the next one while connects are refused until its deadline.
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("database")),
+        "{body}"
+    );
     assert!(retry_after.is_some());
+    let (status, _, body) = program
+        .deliver("msg_down", &created_body("user_down"))
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("database")),
+        "{body}"
+    );
     proxy.listen().await;
     assert_eq!(ready(true).await, 200);
     let (status, _, body) = program
@@ -508,4 +599,39 @@ async fn readiness_ignores_a_busy_pool_and_refuses_an_unmigrated_database(pool: 
     for task in waiting {
         assert_eq!(task.await.unwrap().0, 200);
     }
+}
+
+/// SIGINT drains as SIGTERM does (exit 0), and a delivery still in flight when the shutdown grace
+/// runs out makes the exit 1, saying so.
+#[sqlx::test]
+async fn sigint_drains_and_a_grace_run_out_exits_1(pool: PgPool) {
+    let args = ["--drain-delay", "0", "--shutdown-grace", "1"];
+    let program = Program::start(url_of(&pool).as_str(), &args).await;
+    program.signal("INT");
+    assert_eq!(program.exit_code(Duration::from_secs(10)).await, Some(0));
+
+    let program = Program::start(url_of(&pool).as_str(), &args).await;
+    let holder = hold_identity(&pool, "user_grace").await;
+    let in_flight = tokio::spawn({
+        let http = program.http.clone();
+        async move {
+            let _ = http.deliver("msg_grace", &created_body("user_grace")).await;
+        }
+    });
+    until_waiting(&pool, 1).await;
+    let signalled = Instant::now();
+    program.signal("INT");
+    let logs = program.logs.clone();
+    assert_eq!(program.exit_code(Duration::from_secs(10)).await, Some(1));
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(900),
+        "exited before the grace: {:?}",
+        signalled.elapsed()
+    );
+    let logs = logs.lock().unwrap().join("\n");
+    assert!(logs.contains("SIGINT"), "{logs}");
+    holder.rollback().await.unwrap();
+    let _ = in_flight.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(user_count(&pool).await, 0, "the cut delivery wrote nothing");
 }

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 use crate::support::clerk::{T0, clerk_user, created_body, event_body};
-use crate::support::webhook::{SECRET, now};
+use crate::support::webhook::{SECRET, now, signed};
 
 mod load;
 mod operation;
