@@ -43,6 +43,21 @@ for f in "$dir"/*.sql; do
   if head -n1 "$f" | grep -qx -- '-- no-transaction'; then out_tx+=("$f"); else in_tx+=("$f"); fi
 done
 status=0
+# PostgreSQL runs a string of several statements (which is how sqlx sends a file) in one implicit
+# transaction block, so a statement that cannot run in one (CONCURRENTLY, VACUUM, CREATE DATABASE,
+# ALTER SYSTEM) fails there with 25001 however squawk judged it: a `-- no-transaction` file holding
+# one must hold nothing else. Counted as at most one `;` once `--` comments are removed (a `;` in a
+# string counts too, so such a file is refused rather than guessed at).
+for f in ${out_tx[@]+"${out_tx[@]}"}; do
+  code=$(sed 's/--.*$//' "$f")
+  grep -qiwE 'concurrently|vacuum|database|system' <<<"$code" || continue
+  n=$(tr -cd ';' <<<"$code" | wc -c)
+  if [ "$n" -gt 1 ]; then
+    printf '%s:1:0: warning: one-statement-per-no-transaction-file %s statements beside a statement that cannot run in a transaction block: sqlx sends the file as one string, which PostgreSQL runs as one implicit transaction (25001 there). Give that statement a file of its own.\n' \
+      "${f#"$repo"/}" "$n"
+    status=1
+  fi
+done
 cd "$repo"
 # squawk says "Failed to find files for provided patterns" when every file given is excluded by the
 # config: not a failure here (--no-error-on-unmatched-pattern), so not said.

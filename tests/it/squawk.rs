@@ -62,15 +62,63 @@ fn the_migrations_pass_and_an_unsafe_new_one_fails() {
     assert!(!ok, "a CHECK without NOT VALID passed: {said}");
     assert!(said.contains("constraint-missing-not-valid"), "{said}");
 
-    // The safe way: CONCURRENTLY, outside a transaction (sqlx's marker), with timeouts.
-    let concurrent = "-- no-transaction\nSET lock_timeout = '5s';\nSET statement_timeout = '5s';\n\
-                      CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n";
+    // CONCURRENTLY beside other statements in a no-transaction file: squawk judges each statement
+    // fine, but PostgreSQL refuses the file (`sent_as_one_string_concurrently_fails` below).
+    let (ok, said) = lint(&migrations_with(
+        "concurrent-with-sets",
+        &[("0099_display_name_idx.up.sql", CONCURRENT_WITH_SETS)],
+    ));
+    assert!(!ok, "SET; SET; CREATE INDEX CONCURRENTLY passed: {said}");
+    assert!(
+        said.contains("0099_display_name_idx.up.sql")
+            && said.contains("one-statement-per-no-transaction-file"),
+        "{said}"
+    );
+
+    // The safe way (as 0007 does it): CONCURRENTLY alone in a file run outside a transaction
+    // (sqlx's marker), the timeouts it cannot set answered by a reasoned squawk-ignore.
     let (ok, said) = lint(&migrations_with(
         "concurrent",
-        &[("0099_display_name_idx.up.sql", concurrent)],
+        &[("0099_display_name_idx.up.sql", CONCURRENT_ALONE)],
     ));
     assert!(
         ok,
-        "CREATE INDEX CONCURRENTLY outside a transaction: {said}"
+        "CREATE INDEX CONCURRENTLY alone outside a transaction: {said}"
     );
+}
+
+const CONCURRENT_WITH_SETS: &str = "-- no-transaction\nSET lock_timeout = '5s';\n\
+    SET statement_timeout = '5s';\n\
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n";
+
+const CONCURRENT_ALONE: &str = "-- no-transaction\n\
+    -- squawk-ignore require-lock-timeout, require-statement-timeout\n\
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n";
+
+/// What the linter's verdicts rest on, checked against PostgreSQL: sqlx sends a `-- no-transaction`
+/// file as one string, and PostgreSQL refuses CONCURRENTLY in that string beside anything else
+/// (25001, an implicit transaction block) and builds the index when it stands alone.
+#[sqlx::test]
+async fn sent_as_one_string_concurrently_fails_beside_others_and_runs_alone(pool: sqlx::PgPool) {
+    let err = sqlx::raw_sql(CONCURRENT_WITH_SETS)
+        .execute(&pool)
+        .await
+        .expect_err("SET; SET; CREATE INDEX CONCURRENTLY as one string");
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("25001"), "{err}");
+
+    sqlx::raw_sql(CONCURRENT_ALONE)
+        .execute(&pool)
+        .await
+        .expect("CREATE INDEX CONCURRENTLY alone");
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_display_name_idx'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(valid);
 }
