@@ -255,6 +255,15 @@ async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions)
         ..Settings::default()
     };
     let state = AppState::new(pool.clone(), verifier, settings, Some(metrics));
+    // Before "listening on": from that line on an orchestrator may stop the program, and a signal
+    // with no handler yet would kill it outright (no drain, no exit code).
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!("cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -267,13 +276,6 @@ async fn serve(args: Args, verifier: WebhookVerifier, connect: PgConnectOptions)
         Err(e) => warn!("listening, address unknown: {e}"),
     }
 
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            error!("cannot listen for signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let stop = std::sync::Arc::new(tokio::sync::Notify::new());
     let server = tokio::spawn(accept(
         listener,

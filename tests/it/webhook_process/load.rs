@@ -635,3 +635,20 @@ async fn sigint_drains_and_a_grace_run_out_exits_1(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(user_count(&pool).await, 0, "the cut delivery wrote nothing");
 }
+
+/// A signal the moment the program says where it listens (an orchestrator stopping a pod that has
+/// just started) drains and exits 0: the handlers are in place before that line, so the signal
+/// never meets the default action (death by signal, no exit code).
+#[sqlx::test]
+async fn a_signal_right_after_listening_drains_and_exits_0(pool: PgPool) {
+    let args = ["--drain-delay", "0"];
+    for (round, name) in ["TERM", "INT"].iter().cycle().take(6).enumerate() {
+        let program = Program::start(url_of(&pool).as_str(), &args).await;
+        program.signal(name);
+        assert_eq!(
+            program.exit_code(Duration::from_secs(10)).await,
+            Some(0),
+            "round {round}: SIG{name} right after \"listening on\""
+        );
+    }
+}
