@@ -14,6 +14,7 @@ mod locks;
 mod lookup;
 mod migrations;
 mod pgbouncer;
+mod prepared;
 mod replicas;
 mod restart;
 mod roles;
