@@ -1360,3 +1360,39 @@ async fn a_database_that_applied_the_migrations_before_lock_retries_migrates_on(
     livermore_db::migrate(&pool).await.expect("migrates on");
     assert_eq!(applied_versions(&pool).await, all_versions());
 }
+
+/// `livermore-db --help` says that the way back is forward and where the runbook is (a section that
+/// exists), and no command of it runs a down migration.
+#[cfg(feature = "cli")]
+#[test]
+fn help_says_the_way_back_is_forward() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_livermore-db"))
+        .arg("--help")
+        .output()
+        .expect("run livermore-db");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("The way back is forward")
+            && help.contains("docs/operations.md, \"The way back is forward\""),
+        "{help}"
+    );
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("a list of commands")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(commands.contains(&"migrate"), "{commands:?}");
+    for command in ["revert", "undo", "down", "rollback"] {
+        assert!(!commands.contains(&command), "a command {command}: {help}");
+    }
+    let runbook = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
+    )
+    .unwrap();
+    assert!(runbook.contains("**The way back is forward.**"));
+}

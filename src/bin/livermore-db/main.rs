@@ -36,7 +36,13 @@ use failure::{Failure, report};
 
 timeouts:
   LIVERMORE_STATEMENT_TIMEOUT  seconds a statement may run on the server (default 900)
-  LIVERMORE_COMMAND_TIMEOUT    seconds the whole command may take, a silent server included (default 3600)"
+  LIVERMORE_COMMAND_TIMEOUT    seconds the whole command may take, a silent server included (default 3600)
+
+rolling back:
+  The way back is forward: deploy the previous release (it starts on a database that is ahead), and
+  undo a schema change with a new migration. No command here runs the down migrations: each locks
+  `users` ACCESS EXCLUSIVE and reads it, so on a live table every read and write waits behind it.
+  Runbook: docs/operations.md, \"The way back is forward\"."
 )]
 struct Cli {
     /// Which database.
