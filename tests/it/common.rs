@@ -212,6 +212,13 @@ pub fn expected_users_shape_before_0003() -> UsersShape {
     shape
 }
 
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
 /// The versions of the crate's up migrations, in order.
 pub fn all_versions() -> Vec<i64> {
     livermore_db::MIGRATOR

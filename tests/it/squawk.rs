@@ -3,6 +3,7 @@
 //! `make test`.
 use std::path::{Path, PathBuf};
 
+use crate::common::sqlstate;
 use crate::support::{output_of, script};
 
 /// `migrations/` copied into a folder of the test's own, with `extra` files added.
@@ -63,7 +64,8 @@ fn the_migrations_pass_and_an_unsafe_new_one_fails() {
     assert!(said.contains("constraint-missing-not-valid"), "{said}");
 
     // CONCURRENTLY beside other statements in a no-transaction file: squawk judges each statement
-    // fine, but PostgreSQL refuses the file (`sent_as_one_string_concurrently_fails` below).
+    // fine, but PostgreSQL refuses the file (`sent_as_one_string_concurrently_fails_beside_others_and_runs_alone`
+    // below).
     let (ok, said) = lint(&migrations_with(
         "concurrent-with-sets",
         &[("0099_display_name_idx.up.sql", CONCURRENT_WITH_SETS)],
@@ -104,11 +106,7 @@ async fn sent_as_one_string_concurrently_fails_beside_others_and_runs_alone(pool
         .execute(&pool)
         .await
         .expect_err("SET; SET; CREATE INDEX CONCURRENTLY as one string");
-    let code = err
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("25001"), "{err}");
+    assert_eq!(sqlstate(&err).as_deref(), Some("25001"), "{err}");
 
     sqlx::raw_sql(CONCURRENT_ALONE)
         .execute(&pool)
