@@ -54,7 +54,9 @@ pub use db::{
 };
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
-pub use migrations::{LockRetry, Prepared, migrate_on, prepare_to_migrate};
+pub use migrations::{
+    Backfill, LockRetry, MigrateOptions, Prepared, migrate_on, prepare_to_migrate,
+};
 pub use role::Role;
 pub use users::{
     RoleSource, SignIn, USERNAME_ATTEMPTS, User, UserId, deactivate, find_by_email, find_by_id,
@@ -107,7 +109,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 /// A migration that must lock `users` while other sessions hold it waits in short attempts with
 /// pauses between ([`LockRetry::default`]: 300 ms each, 60 s in all), so that reads and writes are
 /// never queued behind it for long; past the budget it fails with [`Error::MigrationBlocked`],
-/// naming the sessions in the way. [`migrate_on`] takes other bounds.
+/// naming the sessions in the way. Migration 0009's backfill runs in batches each bounded by a
+/// real `statement_timeout`, paused while a replica lags on what they wrote ([`Backfill::default`]).
+/// [`migrate_on`] takes other bounds.
 ///
 /// Safe when several replicas of a service start at once. sqlx's migrator serializes them with a
 /// session advisory lock, which it releases only on success: after a failure (a migration's

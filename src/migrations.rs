@@ -8,6 +8,10 @@ use sqlx::{Connection, PgConnection};
 
 use crate::Error;
 
+mod backfill;
+
+pub use backfill::Backfill;
+
 /// A migration rewritten once, before release (README, "The migrations"): the SHA-384 checksum of
 /// the text some databases applied, and what that text did beyond the rewritten one.
 struct Rewritten {
@@ -199,6 +203,33 @@ impl LockRetry {
     }
 }
 
+/// How [`migrate_on`] treats a live database: how it waits for locks, and how it runs 0009's
+/// backfill. A [`LockRetry`] converts into it, with the default [`Backfill`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrateOptions {
+    /// Waiting for locks.
+    pub lock: LockRetry,
+    /// Migration 0009's batches.
+    pub backfill: Backfill,
+}
+
+impl MigrateOptions {
+    /// Options of these two parts.
+    pub fn new(lock: LockRetry, backfill: Backfill) -> MigrateOptions {
+        MigrateOptions { lock, backfill }
+    }
+}
+
+impl From<LockRetry> for MigrateOptions {
+    fn from(lock: LockRetry) -> MigrateOptions {
+        MigrateOptions {
+            lock,
+            ..MigrateOptions::default()
+        }
+    }
+}
+
 /// The pause after the `n`th failed attempt (from 0): 200 ms doubling up to 5 s, each between half
 /// and one and a half times that (jitter, so that several services starting at once do not retry in
 /// step).
@@ -212,7 +243,13 @@ fn pause_after(n: u32) -> Duration {
 
 /// Applies [`MIGRATOR`](crate::MIGRATOR)'s pending migrations (up to `target`, or all) on `conn`,
 /// waiting for locks as [`LockRetry`] says; [`migrate`](crate::migrate) calls it on a connection
-/// of its own. Everything runs under the advisory lock sqlx's migrator takes (the same key: other
+/// of its own.
+///
+/// Migration 0009 (bringing the rows that existed before 0005 up to date) is run here in batches
+/// as [`Backfill`] says: each batch a transaction and statements of its own, bounded by a real
+/// `statement_timeout`, paused while a streaming replica lags on what earlier batches wrote. Then
+/// 0009 is recorded as applied without running its SQL, which does the same work for other runners
+/// (sqlx-cli) in one statement, where neither bound can be kept. Everything runs under the advisory lock sqlx's migrator takes (the same key: other
 /// sqlx migrators wait; another run holding it is waited for within the same budget),
 /// [`prepare_to_migrate`] included, so that what it checks still holds when
 /// the migrations run. A database that is ahead of this build is accepted (see
@@ -221,8 +258,10 @@ fn pause_after(n: u32) -> Duration {
 pub async fn migrate_on(
     conn: &mut PgConnection,
     target: Option<i64>,
-    retry: LockRetry,
+    options: impl Into<MigrateOptions>,
 ) -> Result<(), Error> {
+    let options = options.into();
+    let retry = options.lock;
     let database = sqlx::query_scalar!(r#"SELECT current_database() AS "name!""#)
         .fetch_one(&mut *conn)
         .await?;
@@ -248,7 +287,7 @@ pub async fn migrate_on(
         }
         tokio::time::sleep(pause).await;
     }
-    let result = migrate_locked(conn, target, retry, started).await;
+    let result = migrate_locked(conn, target, options, started).await;
     let reset = async {
         sqlx::query_scalar!(
             r#"SELECT set_config('livermore.lock_timeout', '', false) AS "reset!""#
@@ -267,10 +306,11 @@ pub async fn migrate_on(
 async fn migrate_locked(
     conn: &mut PgConnection,
     target: Option<i64>,
-    retry: LockRetry,
+    options: MigrateOptions,
     started: std::time::Instant,
 ) -> Result<(), Error> {
     prepare_to_migrate(conn).await?;
+    let retry = options.lock;
     let attempt = format!("{}ms", retry.attempt.as_millis().max(1));
     sqlx::query_scalar!(
         r#"SELECT set_config('livermore.lock_timeout', $1, false) AS "set!""#,
@@ -278,6 +318,49 @@ async fn migrate_locked(
     )
     .fetch_one(&mut *conn)
     .await?;
+    let backfill = up(BACKFILL).filter(|_| target.is_none_or(|t| t >= BACKFILL));
+    if let Some(m) = backfill
+        && !(recorded(conn).await? && applied(conn, BACKFILL).await?)
+    {
+        run_with_retries(conn, Some(BACKFILL - 1), retry, started).await?;
+        let began = std::time::Instant::now();
+        backfill::run(conn, options.backfill, retry, started).await?;
+        record_applied(conn, m, began.elapsed()).await?;
+    }
+    run_with_retries(conn, target, retry, started).await
+}
+
+/// The migration whose work [`backfill::run`] does.
+const BACKFILL: i64 = 9;
+
+/// Records `m` as applied, as sqlx's migrator would have.
+async fn record_applied(
+    conn: &mut PgConnection,
+    m: &Migration,
+    took: Duration,
+) -> Result<(), Error> {
+    let nanos = i64::try_from(took.as_nanos()).unwrap_or(i64::MAX);
+    sqlx::query!(
+        r#"INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+           VALUES ($1, $2, true, $3, $4)"#,
+        m.version,
+        &*m.description,
+        &*m.checksum,
+        nanos,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Runs the pending migrations up to `target`, trying again after a lock wait ran out.
+async fn run_with_retries(
+    conn: &mut PgConnection,
+    target: Option<i64>,
+    retry: LockRetry,
+    started: std::time::Instant,
+) -> Result<(), Error> {
+    let attempt = format!("{}ms", retry.attempt.as_millis().max(1));
     let mut migrator = tolerating_newer();
     // The lock is taken above, around the preparation as well.
     migrator.locking = false;
@@ -368,6 +451,15 @@ pub(crate) fn tolerating_newer() -> sqlx::migrate::Migrator {
         table_name: m.table_name.clone(),
         create_schemas: m.create_schemas.clone(),
     }
+}
+
+/// Whether `_sqlx_migrations` exists (a new database has none until the first migration).
+async fn recorded(conn: &mut PgConnection) -> Result<bool, Error> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS "exists!""#)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 async fn applied(conn: &mut PgConnection, version: i64) -> Result<bool, Error> {

@@ -268,3 +268,29 @@ pub async fn pre_iam_rows<'c>(conn: impl PgExecutor<'c>) -> String {
     .await
     .expect("snapshot pre-IAM columns")
 }
+
+/// A database at version 8 with `n` users whose role a Clerk event set before 0005 (admin, dated
+/// 2023): each one a row 0009's backfill changes (`role_source` to `clerk`), ids 1 to `n`.
+pub async fn at_8_with_rows_to_backfill(pool: &sqlx::PgPool, n: i32) {
+    livermore_db::MIGRATOR.run_to(4, pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub, role,
+                            identity_updated_at, identity_role_updated_at)
+         SELECT 'u' || n, 'u' || n || '@example.com', 'clerk', 'user_' || n, 'admin',
+                '2023-11-14', '2023-11-14'
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    livermore_db::MIGRATOR.run_to(8, pool).await.unwrap();
+}
+
+/// How many users 0009's backfill has marked as set by Clerk.
+pub async fn backfilled<'c>(conn: impl PgExecutor<'c>) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM users WHERE role_source = 'clerk'")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}

@@ -4,6 +4,7 @@
 use crate::common::*;
 use livermore_db::MIGRATOR;
 use sqlx::PgPool;
+use std::time::Duration;
 
 #[sqlx::test]
 async fn migrations_produce_the_specified_users_table(pool: PgPool) {
@@ -345,23 +346,20 @@ async fn a_failed_start_up_migration_does_not_block_the_next_replica(pool: PgPoo
     // Both replicas migrate at once, on pooled connections, with a budget of 5 s; each gives up on
     // the held table (the second after waiting for the first one's advisory lock within its budget,
     // not for ever), and neither leaves the lock behind on its pooled connection.
-    let retry = livermore_db::LockRetry::new(
-        std::time::Duration::from_millis(300),
-        std::time::Duration::from_secs(5),
-    );
+    let retry = livermore_db::LockRetry::new(Duration::from_millis(300), Duration::from_secs(5));
     let run = |pool: PgPool| async move {
         let mut conn = pool.acquire().await.unwrap();
         livermore_db::migrate_on(&mut conn, None, retry).await
     };
     let started = std::time::Instant::now();
-    let (ra, rb) = tokio::time::timeout(std::time::Duration::from_secs(40), async {
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(40), async {
         tokio::join!(run(a.clone()), run(b.clone()))
     })
     .await
     .expect("the second replica's migrate must not wait for ever");
     assert!(ra.is_err() && rb.is_err(), "{ra:?} {rb:?}");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
@@ -385,7 +383,7 @@ async fn migrator_run_on_a_pool_leaves_the_lock_behind(pool: PgPool) {
     MIGRATOR.run(&a).await.expect_err("0002 waits for users");
     holder.rollback().await.unwrap();
 
-    let second = tokio::time::timeout(std::time::Duration::from_secs(8), MIGRATOR.run(&b)).await;
+    let second = tokio::time::timeout(Duration::from_secs(8), MIGRATOR.run(&b)).await;
     assert!(
         second.is_err(),
         "the second replica waits on the lock left on the first one's connection: {second:?}"
@@ -406,7 +404,7 @@ async fn down_racing_a_writer(pool: &PgPool, target: i64, write: &str, refusal: 
         let pool = pool.clone();
         async move { MIGRATOR.undo(&pool, target).await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!down.is_finished(), "the down waits for the writer's lock");
     writer.commit().await.unwrap();
     let err = down
@@ -933,20 +931,20 @@ async fn a_role_set_by_hand_before_0009_holds_against_clerk(pool: PgPool) {
 /// Whichever commits first, every demoted row stays set by hand, and every other one is Clerk's.
 #[sqlx::test(migrations = false)]
 async fn demotions_racing_0009_stay_set_by_hand(pool: PgPool) {
-    use livermore_db::{Role, UserId, set_role};
+    demotions_racing_0009(pool, false).await;
+}
 
-    MIGRATOR.run_to(4, &pool).await.unwrap();
-    sqlx::query(
-        "INSERT INTO users (username, email, identity_provider, identity_sub, role,
-                            identity_updated_at, identity_role_updated_at)
-         SELECT 'u' || n, 'u' || n || '@example.com', 'clerk', 'user_' || n, 'admin',
-                '2023-11-14', '2023-11-14'
-         FROM generate_series(1, 30000) AS n",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    MIGRATOR.run_to(8, &pool).await.unwrap();
+/// The same with 0009's work done by `migrate_on`'s own batches (of 1 000 ids, so 30 of them)
+/// instead of 0009's SQL.
+#[sqlx::test(migrations = false)]
+async fn demotions_racing_the_runners_backfill_stay_set_by_hand(pool: PgPool) {
+    demotions_racing_0009(pool, true).await;
+}
+
+async fn demotions_racing_0009(pool: PgPool, runner: bool) {
+    use livermore_db::{Backfill, LockRetry, MigrateOptions, Role, UserId, set_role};
+
+    at_8_with_rows_to_backfill(&pool, 30_000).await;
     let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM users ORDER BY id DESC")
         .fetch_all(&pool)
         .await
@@ -957,7 +955,18 @@ async fn demotions_racing_0009_stay_set_by_hand(pool: PgPool) {
 
     let migrating = {
         let pool = pool.clone();
-        tokio::spawn(async move { MIGRATOR.run(&pool).await })
+        tokio::spawn(async move {
+            if runner {
+                let mut conn = pool.acquire().await.unwrap();
+                let options = MigrateOptions::new(
+                    LockRetry::default(),
+                    Backfill::new(1_000, Duration::from_secs(5)),
+                );
+                livermore_db::migrate_on(&mut conn, None, options).await
+            } else {
+                MIGRATOR.run(&pool).await.map_err(livermore_db::Error::from)
+            }
+        })
     };
     let mut demoting = tokio::task::JoinSet::new();
     for part in demoted.chunks(150) {
@@ -972,6 +981,7 @@ async fn demotions_racing_0009_stay_set_by_hand(pool: PgPool) {
         done.unwrap();
     }
     migrating.await.unwrap().expect("0009");
+    assert_eq!(applied_versions(&pool).await, all_versions());
 
     let wrong: Vec<(i32, String, String)> = sqlx::query_as(
         "SELECT id, role, role_source FROM users
@@ -984,6 +994,67 @@ async fn demotions_racing_0009_stay_set_by_hand(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(wrong, [], "rows misclassified (of 600 demoted by hand)");
+}
+
+/// Each batch of the runner's backfill is bounded for real (inside 0009's DO block a
+/// `statement_timeout` is a no-op): a batch held up by a slow row (a trigger sleeping 3 s on one
+/// update) is cancelled at its 300 ms bound, tried again smaller down to 100 ids, and then migrating
+/// fails naming the ids, without waiting out the sleep; the batches before it stay committed, 0009 is not
+/// recorded, and once the cause is gone migrating goes on where it stopped.
+#[sqlx::test(migrations = false)]
+async fn each_batch_of_the_backfill_is_bounded(pool: PgPool) {
+    use livermore_db::{Backfill, LockRetry, MigrateOptions};
+
+    at_8_with_rows_to_backfill(&pool, 5_000).await;
+    sqlx::query(
+        "CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER slow_update BEFORE UPDATE ON users
+         FOR EACH ROW WHEN (OLD.id = 2500) EXECUTE FUNCTION slow_update()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let options = MigrateOptions::new(
+        LockRetry::default(),
+        Backfill::new(1_000, Duration::from_millis(300)).replicas(None, Duration::ZERO),
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    let started = std::time::Instant::now();
+    let reason = blocked_reason(livermore_db::migrate_on(&mut conn, None, options).await);
+    let took = started.elapsed();
+    // Cut down around the slow row: 1 000 ids from 2001, 500, then 250 (2001-2250 pass), 125
+    // (2251-2375 pass), 100 (2376-2475 pass), and 100 from 2476 fail.
+    assert!(
+        reason.contains("a batch of migration 0009's backfill (ids 2476 to 2575)")
+            && reason.contains("bound of 300 ms")
+            && reason.contains("2475 row(s) changed before are committed"),
+        "{reason}"
+    );
+    // Five batches cancelled at 300 ms each, not a 3 s sleep each.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(crate::common::backfilled(&pool).await, 2_475);
+    assert_eq!(applied_versions(&pool).await, (1..=8).collect::<Vec<_>>());
+
+    sqlx::query("DROP TRIGGER slow_update ON users")
+        .execute(&pool)
+        .await
+        .unwrap();
+    livermore_db::migrate_on(&mut conn, None, options)
+        .await
+        .expect("goes on");
+    assert_eq!(crate::common::backfilled(&pool).await, 5_000);
+    assert_eq!(applied_versions(&pool).await, all_versions());
+    let nine = MIGRATOR
+        .iter()
+        .find(|m| m.version == 9 && !m.migration_type.is_down_migration())
+        .unwrap();
+    assert_eq!(checksum_of(&pool, 9).await, *nine.checksum);
 }
 
 /// A database where 0009's first text ran (before issue 31's rewrite) migrates on: its checksum is
@@ -1168,7 +1239,7 @@ async fn an_identity_index_still_being_built_is_told_from_a_failed_one(pool: PgP
             .await
         }
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let building: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_index
@@ -1184,7 +1255,7 @@ async fn an_identity_index_still_being_built_is_told_from_a_failed_one(pool: PgP
             std::time::Instant::now() < deadline,
             "the build never started"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let reason = blocked_reason(livermore_db::migrate(&pool).await);
     assert!(

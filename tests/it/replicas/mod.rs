@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::support::{local_cluster_only, run_script};
 
+mod backfill;
 mod faults;
 mod serving;
 mod timing;
