@@ -10,8 +10,12 @@
 -- Catalog changes only, under a brief ACCESS EXCLUSIVE lock: a constant default (no rewrite) and a
 -- check added NOT VALID (no scan; 0008 validates it). The existing rows are brought up to date by 0009
 -- in small committed batches (role_source of the rows a Clerk event set, and the addresses of users
--- deleted before this migration), so that no row waits long. This file was rewritten once, before
--- release (see the README).
+-- deleted before this migration), so that no row waits long. This file was rewritten before release,
+-- then to read livermore.lock_timeout, then to adopt existing columns (see docs/operations.md).
+--
+-- Adoptable, as 0002: a column or the check that already exists (made by other tooling) is kept as
+-- it is and no row changes. Whatever this migration creates is marked with a comment so that the down
+-- migration removes only that.
 SET LOCAL lock_timeout = '5s';
 -- A runner that retries (livermore_db::migrate_on: `make migrate`, services) asks for shorter waits
 -- through livermore.lock_timeout, so that reads and writes queued behind this migration's lock wait
@@ -20,10 +24,31 @@ SELECT set_config('lock_timeout', current_setting('livermore.lock_timeout'), tru
 WHERE coalesce(current_setting('livermore.lock_timeout', true), '') <> '';
 SET LOCAL statement_timeout = '5s';
 
-ALTER TABLE users
-    ADD COLUMN role_source varchar(10) NOT NULL DEFAULT 'manual',
-    ADD COLUMN released_email varchar(255);
-COMMENT ON COLUMN users.role_source IS 'livermore-db: added by migration 0005';
-COMMENT ON COLUMN users.released_email IS 'livermore-db: added by migration 0005';
-ALTER TABLE users ADD CONSTRAINT users_role_source_check CHECK (role_source IN ('manual', 'clerk')) NOT VALID;
-COMMENT ON CONSTRAINT users_role_source_check ON users IS 'livermore-db: added by migration 0005';
+DO $migration$
+DECLARE
+    marker constant text := 'livermore-db: added by migration 0005';
+    col record;
+BEGIN
+    FOR col IN
+        SELECT * FROM (VALUES
+            ('role_source',    'varchar(10) NOT NULL DEFAULT ''manual'''),
+            ('released_email', 'varchar(255)')
+        ) AS c(name, definition)
+    LOOP
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_attribute
+            WHERE attrelid = 'users'::regclass AND attname = col.name AND NOT attisdropped
+        ) THEN
+            EXECUTE format('ALTER TABLE users ADD COLUMN %I %s', col.name, col.definition);
+            EXECUTE format('COMMENT ON COLUMN users.%I IS %L', col.name, marker);
+        ELSE
+            RAISE NOTICE 'livermore-db 0005: column users.% already exists; adopted as it is', col.name;
+        END IF;
+    END LOOP;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'users'::regclass AND conname = 'users_role_source_check') THEN
+        ALTER TABLE users ADD CONSTRAINT users_role_source_check CHECK (role_source IN ('manual', 'clerk')) NOT VALID;
+        EXECUTE format('COMMENT ON CONSTRAINT users_role_source_check ON users IS %L', marker);
+    END IF;
+END
+$migration$;

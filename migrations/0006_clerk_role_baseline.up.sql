@@ -10,6 +10,11 @@
 -- The column is nullable without a default: adding it changes the catalog only (no rewrite, no
 -- scan). The check is NOT VALID for the same reason (every row is NULL, so there is nothing to
 -- validate); PostgreSQL enforces it on every write from now on all the same.
+--
+-- Adoptable, as 0002: a column or check that already exists (made by other tooling) is kept as it is
+-- and no row changes. Whatever this migration creates is marked with a comment so that the down
+-- migration removes only that. Rewritten to read livermore.lock_timeout, then to adopt (see
+-- docs/operations.md).
 SET LOCAL lock_timeout = '5s';
 -- A runner that retries (livermore_db::migrate_on: `make migrate`, services) asks for shorter waits
 -- through livermore.lock_timeout, so that reads and writes queued behind this migration's lock wait
@@ -18,8 +23,24 @@ SELECT set_config('lock_timeout', current_setting('livermore.lock_timeout'), tru
 WHERE coalesce(current_setting('livermore.lock_timeout', true), '') <> '';
 SET LOCAL statement_timeout = '5s';
 
-ALTER TABLE users ADD COLUMN clerk_role varchar(20);
-COMMENT ON COLUMN users.clerk_role IS 'livermore-db: added by migration 0006';
-ALTER TABLE users ADD CONSTRAINT users_clerk_role_check
-    CHECK (clerk_role IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')) NOT VALID;
-COMMENT ON CONSTRAINT users_clerk_role_check ON users IS 'livermore-db: added by migration 0006';
+DO $migration$
+DECLARE
+    marker constant text := 'livermore-db: added by migration 0006';
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = 'users'::regclass AND attname = 'clerk_role' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE users ADD COLUMN clerk_role varchar(20);
+        EXECUTE format('COMMENT ON COLUMN users.clerk_role IS %L', marker);
+    ELSE
+        RAISE NOTICE 'livermore-db 0006: column users.clerk_role already exists; adopted as it is';
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'users'::regclass AND conname = 'users_clerk_role_check') THEN
+        ALTER TABLE users ADD CONSTRAINT users_clerk_role_check
+            CHECK (clerk_role IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')) NOT VALID;
+        EXECUTE format('COMMENT ON CONSTRAINT users_clerk_role_check ON users IS %L', marker);
+    END IF;
+END
+$migration$;

@@ -73,6 +73,18 @@ const REWRITTEN: &[Rewritten] = &[
         first_checksum: "d5bf6eacf5963cb8cf088a9b000c81cf47c55661ede72da4f5a2cbd28a934e5f11bb5dd4b77e673723f6aeea866e2503",
         did_also: &[],
     },
+    // 0005 and 0006 before they adopted columns that already exist (issue 31): the same migrations
+    // where they ran (they could only run where none of their columns existed).
+    Rewritten {
+        version: 5,
+        first_checksum: "3c4c6fae1e87ab8c211e360b541c9961b5eaae576b5cded542f35b7b69d2ae4c457205ccd0283d5a8aed86c2300034d8",
+        did_also: &[],
+    },
+    Rewritten {
+        version: 6,
+        first_checksum: "c477af7e5dd38fe901895c9eaac6a43be30e2372641e6b57dd8d057e5e7d0f4cf4a039d4d2c1d538d3c53d805586614e",
+        did_also: &[],
+    },
 ];
 
 /// What [`prepare_to_migrate`] changed in `_sqlx_migrations`.
@@ -99,9 +111,9 @@ pub struct Prepared {
 ///   exists: 0007's `IF NOT EXISTS` keeps any index of that name, such as the INVALID one a failed
 ///   concurrent build leaves or a plain one made by hand. Otherwise [`Error::MigrationBlocked`] says
 ///   what was found and the fix (wait for a build still running; drop a failed or wrong one).
-/// - While 0002 is pending on a `users` that already has the IAM columns (an adopted database), rows
-///   its checks would refuse are refused first (they could not be updated once it ran), with each
-///   check, how many rows and their first ids.
+/// - While 0002, 0005 or 0006 is pending on a `users` that already has its columns (an adopted
+///   database), rows the checks it would add refuse are refused first (they could not be updated
+///   once it ran), with each check, how many rows and their first ids.
 ///
 /// Idempotent, and safe when several services start at once (one transaction; the updates match
 /// only the first texts' checksums).
@@ -159,9 +171,14 @@ pub async fn prepare_to_migrate(conn: &mut PgConnection) -> Result<Prepared, Err
         .await?;
     }
     check_identity_index(&mut tx, index_applied).await?;
-    if !recorded || !applied(&mut tx, 2).await? {
-        check_rows_for_0002(&mut tx).await?;
-    }
+    let applied = if recorded {
+        sqlx::query_scalar!(r#"SELECT version AS "version!" FROM _sqlx_migrations"#)
+            .fetch_all(&mut *tx)
+            .await?
+    } else {
+        Vec::new()
+    };
+    check_rows_for_added_checks(&mut tx, &applied).await?;
     tx.commit().await?;
     prepared.recorded.sort_unstable();
     Ok(prepared)
@@ -471,75 +488,178 @@ async fn applied(conn: &mut PgConnection, version: i64) -> Result<bool, Error> {
     .await?)
 }
 
-/// Before 0002 adopts a `users` that already has the IAM columns: refuses rows that its checks
-/// would refuse. 0002 adds them `NOT VALID` (no scan under its lock), and PostgreSQL checks the
-/// whole new row on every `UPDATE`: such a row could no longer be written by anyone (a sign-in's
-/// `record_login`, the TypeScript app's login update, 0009's own backfill) until fixed. So nothing
-/// is changed while any exists; the refusal names each check, how many rows break it, the first ids
-/// and the fix. (Read with a plain scan, which blocks no read or write. A row written between this
-/// check and 0002 is not seen: 0008 then warns and leaves that check `NOT VALID`.)
-async fn check_rows_for_0002(conn: &mut PgConnection) -> Result<(), Error> {
-    let columns = sqlx::query!(
-        r#"SELECT coalesce(bool_or(attname = 'role'), false) AS "role!",
-                  count(*) FILTER (WHERE attname IN ('identity_provider', 'identity_sub')) = 2
-                    AS "pair!"
-           FROM pg_attribute
-           WHERE attrelid = to_regclass(format('%I.users', current_schema()))
-             AND attnum > 0 AND NOT attisdropped"#
+/// A check a migration adds `NOT VALID` to `users`, where its columns may exist already (an adopted
+/// database): the check's name, the migration, its columns, and what a breaking row holds and needs.
+struct AddedCheck {
+    name: &'static str,
+    which: Which,
+    version: i64,
+    columns: &'static [&'static str],
+    broken: &'static str,
+    fix: &'static str,
+}
+
+/// Which of [`ADDED_CHECKS`] (what [`rows_breaking`] counts).
+#[derive(Clone, Copy)]
+enum Which {
+    IdentityPair,
+    Role,
+    RoleSource,
+    ClerkRole,
+}
+
+const ADDED_CHECKS: &[AddedCheck] = &[
+    AddedCheck {
+        name: "users_identity_pair_check",
+        which: Which::IdentityPair,
+        version: 2,
+        columns: &["identity_provider", "identity_sub"],
+        broken: "with a provider but no subject, or the reverse, or an empty one",
+        fix: "set both or neither",
+    },
+    AddedCheck {
+        name: "users_role_check",
+        which: Which::Role,
+        version: 2,
+        columns: &["role"],
+        broken: "with a role other than user, admin, subscriber_basic, subscriber_pro",
+        fix: "set one of those",
+    },
+    AddedCheck {
+        name: "users_role_source_check",
+        which: Which::RoleSource,
+        version: 5,
+        columns: &["role_source"],
+        broken: "with a role_source other than manual, clerk",
+        fix: "set one of those",
+    },
+    AddedCheck {
+        name: "users_clerk_role_check",
+        which: Which::ClerkRole,
+        version: 6,
+        columns: &["clerk_role"],
+        broken: "with a clerk_role other than user, admin, subscriber_basic, subscriber_pro",
+        fix: "set one of those, or NULL",
+    },
+];
+
+/// Before 0002, 0005 or 0006 adopts a `users` that already has their columns: refuses rows that the
+/// checks they would add break. They add them `NOT VALID` (no scan under their lock), and PostgreSQL
+/// checks the whole new row on every `UPDATE`: such a row could no longer be written by anyone (a
+/// sign-in's `record_login`, the TypeScript app's login update, 0009's own backfill) until fixed. So
+/// nothing is changed while any exists; the refusal names each check, how many rows break it, the
+/// first ids and the fix. Only checks still to be added are looked at (a pending migration, its
+/// columns there, no constraint of that name yet). (Read with plain scans, which block no read or
+/// write. A row written between this check and the migration is not seen: 0008 then warns and leaves
+/// that check `NOT VALID`.)
+async fn check_rows_for_added_checks(
+    conn: &mut PgConnection,
+    applied: &[i64],
+) -> Result<(), Error> {
+    let table = sqlx::query!(
+        r#"SELECT ARRAY(SELECT attname::text FROM pg_attribute
+                        WHERE attrelid = to_regclass(format('%I.users', current_schema()))
+                          AND attnum > 0 AND NOT attisdropped) AS "columns!",
+                  ARRAY(SELECT conname::text FROM pg_constraint
+                        WHERE conrelid = to_regclass(format('%I.users', current_schema())))
+                    AS "constraints!""#
     )
     .fetch_one(&mut *conn)
     .await?;
     let mut broken = Vec::new();
-    if columns.pair {
-        let rows = sqlx::query!(
-            r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
-               FROM users
-               WHERE NOT ((identity_provider IS NULL AND identity_sub IS NULL)
-                          OR (identity_provider IS NOT NULL AND identity_sub IS NOT NULL
-                              AND identity_provider <> '' AND identity_sub <> ''))"#
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        if rows.n > 0 {
-            broken.push(format!(
-                "users_identity_pair_check: {} row(s) with a provider but no subject, or the \
-                 reverse, or an empty one (ids {}): set both or neither",
-                rows.n,
-                ids(&rows.ids, rows.n)
-            ));
+    let mut versions = Vec::new();
+    for check in ADDED_CHECKS {
+        if applied.contains(&check.version)
+            || table.constraints.iter().any(|c| c == check.name)
+            || !check
+                .columns
+                .iter()
+                .all(|c| table.columns.iter().any(|t| t == c))
+        {
+            continue;
         }
-    }
-    if columns.role {
-        let rows = sqlx::query!(
-            r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
-               FROM users
-               WHERE role NOT IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')"#
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        if rows.n > 0 {
+        let (n, ids) = rows_breaking(conn, check.which).await?;
+        if n > 0 {
             broken.push(format!(
-                "users_role_check: {} row(s) with a role other than user, admin, \
-                 subscriber_basic, subscriber_pro (ids {}): set one of those",
-                rows.n,
-                ids(&rows.ids, rows.n)
+                "{}: {n} row(s) {} (ids {}): {}",
+                check.name,
+                check.broken,
+                ids_shown(&ids, n),
+                check.fix
             ));
+            if !versions.contains(&check.version) {
+                versions.push(check.version);
+            }
         }
     }
     if broken.is_empty() {
         return Ok(());
     }
+    let versions = versions
+        .iter()
+        .map(|v| format!("{v:04}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Err(Error::MigrationBlocked {
         reason: format!(
-            "rows of users break checks that migration 0002 adds, and could not be updated once \
-             it has; nothing was changed. {}. Fix those rows, then migrate again",
+            "rows of users break checks that migration {versions} adds, and could not be updated \
+             once it has; nothing was changed. {}. Fix those rows, then migrate again",
             broken.join("; ")
         ),
     })
 }
 
+/// How many rows break a check of [`ADDED_CHECKS`], and the first ten ids.
+async fn rows_breaking(conn: &mut PgConnection, which: Which) -> Result<(i64, Vec<i32>), Error> {
+    let (n, ids) = match which {
+        Which::IdentityPair => {
+            let r = sqlx::query!(
+                r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
+                   FROM users
+                   WHERE NOT ((identity_provider IS NULL AND identity_sub IS NULL)
+                              OR (identity_provider IS NOT NULL AND identity_sub IS NOT NULL
+                                  AND identity_provider <> '' AND identity_sub <> ''))"#
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (r.n, r.ids)
+        }
+        Which::Role => {
+            let r = sqlx::query!(
+                r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
+                   FROM users
+                   WHERE role NOT IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')"#
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (r.n, r.ids)
+        }
+        Which::RoleSource => {
+            let r = sqlx::query!(
+                r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
+                   FROM users
+                   WHERE role_source NOT IN ('manual', 'clerk')"#
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (r.n, r.ids)
+        }
+        Which::ClerkRole => {
+            let r = sqlx::query!(
+                r#"SELECT count(*) AS "n!", coalesce((array_agg(id ORDER BY id))[1:10], '{}') AS "ids!"
+                   FROM users
+                   WHERE clerk_role NOT IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')"#
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (r.n, r.ids)
+        }
+    };
+    Ok((n, ids))
+}
+
 /// The first ids of `n` rows, "…" after them when there are more.
-fn ids(first: &[i32], n: i64) -> String {
+fn ids_shown(first: &[i32], n: i64) -> String {
     let mut shown = first
         .iter()
         .map(i32::to_string)

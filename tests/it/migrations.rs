@@ -1467,3 +1467,157 @@ fn help_says_the_way_back_is_forward() {
     .unwrap();
     assert!(runbook.contains("**The way back is forward.**"));
 }
+
+/// Columns of 0005 and 0006 that other tooling made first (the TypeScript services' schema, say)
+/// are adopted as they are, with their data, and their downs remove only what they made: the
+/// adopted columns and their data survive a revert to 0004. (0005's and 0006's texts before issue
+/// 31 failed here with 42701, "column already exists".)
+#[sqlx::test(migrations = false)]
+async fn the_lifecycle_migrations_adopt_columns_that_exist(pool: PgPool) {
+    MIGRATOR.run_to(4, &pool).await.unwrap();
+    sqlx::query(
+        "ALTER TABLE users ADD COLUMN role_source varchar(10) NOT NULL DEFAULT 'manual',
+                           ADD COLUMN released_email varchar(255),
+                           ADD COLUMN clerk_role varchar(20)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, role, role_source, released_email, clerk_role)
+         VALUES ('ada', 'ada@example.com', 'admin', 'clerk', 'old@example.com', 'admin')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = rows_of(&pool, "users").await;
+    livermore_db::migrate(&pool).await.expect("adopts");
+    assert_eq!(applied_versions(&pool).await, all_versions());
+    assert_eq!(rows_of(&pool, "users").await, before, "no row changed");
+    let markers: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT attname::text, col_description(attrelid, attnum) FROM pg_attribute
+         WHERE attrelid = 'users'::regclass
+           AND attname IN ('role_source', 'released_email', 'clerk_role') ORDER BY attname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(markers.iter().all(|(_, m)| m.is_none()), "{markers:?}");
+    let checks: Vec<String> = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'users'::regclass
+           AND conname IN ('users_role_source_check', 'users_clerk_role_check') ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        checks,
+        ["users_clerk_role_check", "users_role_source_check"]
+    );
+
+    MIGRATOR
+        .undo(&pool, 4)
+        .await
+        .expect("the downs keep what they adopted");
+    assert_eq!(applied_versions(&pool).await, [1, 2, 3, 4]);
+    let kept: (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT role_source, released_email, clerk_role FROM users")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept,
+        (
+            "clerk".to_owned(),
+            Some("old@example.com".to_owned()),
+            Some("admin".to_owned())
+        )
+    );
+    let checks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass
+           AND conname IN ('users_role_source_check', 'users_clerk_role_check')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(checks, 0, "the checks 0005 and 0006 made are gone");
+}
+
+/// Adopted columns of 0005 and 0006 holding values their checks refuse are refused before anything
+/// changes (such rows could not be updated once the checks exist), naming each check, the count and
+/// the ids; fixed, migrating goes on.
+#[sqlx::test(migrations = false)]
+async fn adopted_lifecycle_columns_with_rows_the_checks_refuse_are_refused(pool: PgPool) {
+    MIGRATOR.run_to(4, &pool).await.unwrap();
+    sqlx::query(
+        "ALTER TABLE users ADD COLUMN role_source varchar(10) NOT NULL DEFAULT 'manual',
+                           ADD COLUMN clerk_role varchar(20)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let ids: Vec<i32> = sqlx::query_scalar(
+        "INSERT INTO users (username, email, role_source, clerk_role)
+         VALUES ('a', 'a@example.com', 'script', NULL), ('b', 'b@example.com', 'manual', 'moderator')
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let reason = blocked_reason(livermore_db::migrate(&pool).await);
+    assert!(
+        reason.contains("migration 0005, 0006 adds")
+            && reason.contains("users_role_source_check: 1 row(s)")
+            && reason.contains(&format!("(ids {})", ids[0]))
+            && reason.contains("users_clerk_role_check: 1 row(s)")
+            && reason.contains(&format!("(ids {})", ids[1]))
+            && !reason.contains("moderator")
+            && !reason.contains("script"),
+        "{reason}"
+    );
+    assert_eq!(applied_versions(&pool).await, [1, 2, 3, 4]);
+
+    sqlx::query("UPDATE users SET role_source = 'manual', clerk_role = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    livermore_db::migrate(&pool).await.unwrap();
+    sqlx::query("UPDATE users SET last_login_at = now()")
+        .execute(&pool)
+        .await
+        .expect("every row writable");
+}
+
+/// A database that applied 0005 and 0006 before they adopted existing columns migrates on: their
+/// checksums are recorded under the current texts, and nothing runs again.
+#[sqlx::test(migrations = false)]
+async fn a_database_that_applied_0005_and_0006_before_adoption_migrates_on(pool: PgPool) {
+    use sqlx::migrate::Migration;
+    let old = sqlx::migrate::Migrator::with_migrations(
+        MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| {
+                let sql = match m.version {
+                    5 => include_str!("fixtures/before_adoption/0005_clerk_lifecycle.up.sql"),
+                    6 => include_str!("fixtures/before_adoption/0006_clerk_role_baseline.up.sql"),
+                    _ => return m.clone(),
+                };
+                Migration::new(
+                    m.version,
+                    m.description.clone(),
+                    m.migration_type,
+                    sqlx::SqlSafeStr::into_sql_str(sql),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    old.run(&pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let prepared = livermore_db::prepare_to_migrate(&mut conn).await.unwrap();
+    assert_eq!(prepared.rewritten, [5, 6]);
+    assert!(prepared.recorded.is_empty(), "{prepared:?}");
+    livermore_db::migrate(&pool).await.expect("migrates on");
+    assert_eq!(applied_versions(&pool).await, all_versions());
+}
