@@ -55,7 +55,7 @@ pub use db::{
 pub use error::Error;
 pub use input::{DisplayName, Email, Identity, PictureUrl, Profile, Provider, Subject};
 pub use migrations::{
-    Backfill, LockRetry, MigrateOptions, Prepared, migrate_on, prepare_to_migrate,
+    Backfill, Finding, LockRetry, MigrateOptions, Prepared, migrate_on, prepare_to_migrate, survey,
 };
 pub use role::Role;
 pub use users::{

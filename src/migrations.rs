@@ -9,8 +9,10 @@ use sqlx::{Connection, PgConnection};
 use crate::Error;
 
 mod backfill;
+mod survey;
 
 pub use backfill::Backfill;
+pub use survey::{Finding, survey};
 
 /// A migration rewritten once, before release (README, "The migrations"): the SHA-384 checksum of
 /// the text some databases applied, and what that text did beyond the rewritten one.

@@ -294,3 +294,17 @@ pub async fn backfilled<'c>(conn: impl PgExecutor<'c>) -> i64 {
         .await
         .unwrap()
 }
+
+/// The URL of the test's own database: DATABASE_URL with the database name replaced (for the
+/// operator command, which reads LIVERMORE_DATABASE_URL).
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+pub fn url_of(pool: &sqlx::PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("a database name")
+        .to_owned();
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+    format!("{server}/{database}")
+}

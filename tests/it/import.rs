@@ -4,17 +4,7 @@ use std::process::Command;
 
 use sqlx::PgPool;
 
-/// The URL of the test's own database: DATABASE_URL with the database name replaced.
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let database = pool
-        .connect_options()
-        .get_database()
-        .expect("a database name")
-        .to_owned();
-    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
-    format!("{server}/{database}")
-}
+use crate::common::url_of;
 
 fn import(pool: &PgPool, contents: &str, extra: &[&str]) -> (i32, String, String) {
     let mut file = tempfile();

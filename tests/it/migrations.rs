@@ -1621,3 +1621,97 @@ async fn a_database_that_applied_0005_and_0006_before_adoption_migrates_on(pool:
     livermore_db::migrate(&pool).await.expect("migrates on");
     assert_eq!(applied_versions(&pool).await, all_versions());
 }
+
+/// A database at version 6 holding what 0007-0009 will meet: an identity held by two users (0007's
+/// unique build would fail), a role its check refuses (0008 would leave the check NOT VALID), and
+/// rows 0009 has to change. `survey` reports each with counts and ids, never values; `status` and
+/// `migrate --dry-run` print it, with the locks, and exit 1; nothing is written.
+#[sqlx::test(migrations = false)]
+async fn status_and_dry_runs_say_what_pending_migrations_will_meet(pool: PgPool) {
+    use livermore_db::Finding;
+
+    at_8_with_rows_to_backfill(&pool, 3).await;
+    // Back to 6: the index and the validation are undone, the backfill's rows still to change.
+    MIGRATOR.undo(&pool, 6).await.unwrap();
+    let twice: Vec<i32> = sqlx::query_scalar(
+        "INSERT INTO users (username, email, identity_provider, identity_sub)
+         VALUES ('t1', 't1@example.com', 'clerk', 'user_twice'),
+                ('t2', 't2@example.com', 'clerk', 'user_twice')
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // A role the check refuses, written as another tool might have before the check existed.
+    sqlx::query("ALTER TABLE users DROP CONSTRAINT users_role_check")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let moderator: i32 = sqlx::query_scalar(
+        "UPDATE users SET role = 'moderator' WHERE username = 'u2' RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "ALTER TABLE users ADD CONSTRAINT users_role_check
+           CHECK (role IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')) NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = rows_of(&pool, "users").await;
+
+    let mut conn = pool.acquire().await.unwrap();
+    let found = livermore_db::survey(&mut conn).await.unwrap();
+    let said = |f: &Finding| format!("{:04} {} {}", f.version, f.trouble, f.said);
+    let lines: Vec<String> = found.iter().map(said).collect();
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    assert!(
+        has(&format!(
+            "0007 true 1 identity pair(s) held by more than one user (2 rows; first ids {})",
+            twice[0]
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        has("0008 true users_role_check: 1 row(s)") && has(&format!("(ids {moderator})")),
+        "{lines:#?}"
+    );
+    assert!(
+        has("0008 false users_identity_pair_check: no row breaks it"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("0008 false users_role_source_check: no row breaks it"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("0009 false 3 row(s) whose role a Clerk event set"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("moderator") || l.contains("user_twice"))
+    );
+
+    #[cfg(feature = "cli")]
+    for args in [&["status"][..], &["migrate", "--dry-run"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_livermore-db"))
+            .args(args)
+            .env("LIVERMORE_DATABASE_URL", url_of(&pool))
+            .output()
+            .expect("run livermore-db");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}");
+        assert!(
+            stdout.contains("data: 0007 FIX FIRST: 1 identity pair(s)")
+                && stdout.contains("data: 0009 3 row(s)")
+                && stdout.contains("locks the pending migrations take"),
+            "{args:?}: {stdout}"
+        );
+    }
+    assert_eq!(rows_of(&pool, "users").await, before, "nothing written");
+    assert_eq!(applied_versions(&pool).await, [1, 2, 3, 4, 5, 6]);
+}

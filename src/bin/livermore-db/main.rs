@@ -64,7 +64,8 @@ enum Env {
 enum Command {
     /// Create the database if missing, then apply the pending migrations, each one said.
     Migrate {
-        /// Say what would be done; change nothing.
+        /// Say what would be done, and what the pending migrations will meet in the data; change
+        /// nothing. Exit 1 when something there must be fixed first.
         #[arg(long)]
         dry_run: bool,
         /// Milliseconds one attempt waits for a migration's lock on `users` (reads and writes
@@ -75,7 +76,8 @@ enum Command {
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         lock_budget_secs: u64,
     },
-    /// List the migrations: applied, pending, mismatched (edited after being applied).
+    /// List the migrations: applied, pending, mismatched (edited after being applied); and what
+    /// the pending ones will meet in the data (exit 1 when something must be fixed first).
     Status,
     /// Compare the live schema of the managed tables with the migrations; exit 1 on any difference.
     Drift,

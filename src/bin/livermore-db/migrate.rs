@@ -145,7 +145,33 @@ pub async fn status(target: &Target) -> Result<bool, Failure> {
     let applied = prepare_then_read(&mut conn, true).await?;
     let states = states_of(&applied);
     print_states(&states);
-    Ok(check_consistent(&states).is_ok())
+    let consistent = check_consistent(&states).is_ok();
+    let pending: Vec<(i64, String)> = states
+        .iter()
+        .filter_map(|s| match s {
+            State::Pending(m) => Some((m.version, label(m.version, &m.description))),
+            _ => None,
+        })
+        .collect();
+    crate::locks::say(&mut conn, &pending)
+        .await
+        .map_err(|e| Failure::new(describe(&e)))?;
+    let clean = say_survey(&mut conn).await?;
+    Ok(consistent && clean)
+}
+
+/// Says what the pending migrations will meet in the data ([`livermore_db::survey`]), one `data:`
+/// line each; whether nothing there needs fixing first.
+async fn say_survey(conn: &mut PgConnection) -> Result<bool, Failure> {
+    let found = livermore_db::survey(conn).await.map_err(|e| match e {
+        livermore_db::Error::Database(e) => Failure::new(describe(&e)),
+        other => Failure::new(other.to_string()),
+    })?;
+    for f in &found {
+        let fix = if f.trouble { "FIX FIRST: " } else { "" };
+        println!("data: {:04} {fix}{}", f.version, f.said);
+    }
+    Ok(found.iter().all(|f| !f.trouble))
 }
 
 /// Runs [`livermore_db::prepare_to_migrate`], says what it recorded, and reads `_sqlx_migrations`
@@ -246,6 +272,7 @@ pub async fn migrate(target: &Target, dry_run: bool, retry: LockRetry) -> Result
         .map_err(|e| Failure::new(describe(&e)))?;
 
     if dry_run {
+        let clean = say_survey(&mut conn).await?;
         for m in &pending {
             println!("would apply {}", label(m.version, &m.description));
         }
@@ -253,7 +280,7 @@ pub async fn migrate(target: &Target, dry_run: bool, retry: LockRetry) -> Result
             println!("nothing to apply");
         }
         println!("dry run: nothing was changed");
-        return Ok(true);
+        return Ok(clean);
     }
 
     for m in &pending {
