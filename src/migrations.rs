@@ -87,6 +87,13 @@ const REWRITTEN: &[Rewritten] = &[
         first_checksum: "c477af7e5dd38fe901895c9eaac6a43be30e2372641e6b57dd8d057e5e7d0f4cf4a039d4d2c1d538d3c53d805586614e",
         did_also: &[],
     },
+    // 0008 before it validated each check in one read (issue 31): it looked for breaking rows with a
+    // query of its own first, six reads of `users` in all. The same checks, validated the same way.
+    Rewritten {
+        version: 8,
+        first_checksum: "4acbbcdbf57351d890a133759d002ec2bddd1a3662085023215e1c047460b21944b9c7889d6972f2eba0776dcea00cd9",
+        did_also: &[],
+    },
 ];
 
 /// What [`prepare_to_migrate`] changed in `_sqlx_migrations`.

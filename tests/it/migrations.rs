@@ -1391,45 +1391,69 @@ async fn migrating_blocked_past_its_budget_names_who_blocked_it(pool: PgPool) {
 /// checksums are recorded under the current texts, and nothing runs again.
 #[sqlx::test(migrations = false)]
 async fn a_database_that_applied_the_migrations_before_lock_retries_migrates_on(pool: PgPool) {
+    applied_earlier_texts_migrate_on(
+        &pool,
+        &[
+            (
+                2,
+                include_str!("fixtures/before_lock_retries/0002_users_iam.up.sql"),
+            ),
+            (
+                3,
+                include_str!("fixtures/before_lock_retries/0003_users_utc_defaults.up.sql"),
+            ),
+            (
+                4,
+                include_str!("fixtures/before_lock_retries/0004_clerk_sync.up.sql"),
+            ),
+            (
+                5,
+                include_str!("fixtures/before_lock_retries/0005_clerk_lifecycle.up.sql"),
+            ),
+            (
+                6,
+                include_str!("fixtures/before_lock_retries/0006_clerk_role_baseline.up.sql"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// Applies every migration, those in `earlier` under the given earlier texts; then
+/// `prepare_to_migrate` records exactly those under the current texts, nothing as applied without
+/// running, and `migrate` goes on to the end.
+async fn applied_earlier_texts_migrate_on(pool: &PgPool, earlier: &[(i64, &'static str)]) {
     use sqlx::migrate::Migration;
-    let before = |version: i64| -> Option<&'static str> {
-        Some(match version {
-            2 => include_str!("fixtures/before_lock_retries/0002_users_iam.up.sql"),
-            3 => include_str!("fixtures/before_lock_retries/0003_users_utc_defaults.up.sql"),
-            4 => include_str!("fixtures/before_lock_retries/0004_clerk_sync.up.sql"),
-            5 => include_str!("fixtures/before_lock_retries/0005_clerk_lifecycle.up.sql"),
-            6 => include_str!("fixtures/before_lock_retries/0006_clerk_role_baseline.up.sql"),
-            _ => return None,
-        })
-    };
     let old = sqlx::migrate::Migrator::with_migrations(
         MIGRATOR
             .iter()
             .filter(|m| !m.migration_type.is_down_migration())
-            .map(|m| match before(m.version) {
-                Some(sql) => Migration::new(
+            .map(|m| match earlier.iter().find(|(v, _)| *v == m.version) {
+                Some((_, sql)) => Migration::new(
                     m.version,
                     m.description.clone(),
                     m.migration_type,
-                    sqlx::SqlSafeStr::into_sql_str(sql),
-                    false,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    m.no_tx,
                 ),
                 None => m.clone(),
             })
             .collect(),
     );
-    old.run(&pool).await.unwrap();
+    old.run(pool).await.unwrap();
     let mut conn = pool.acquire().await.unwrap();
     let prepared = livermore_db::prepare_to_migrate(&mut conn).await.unwrap();
-    assert_eq!(prepared.rewritten, [2, 3, 4, 5, 6]);
+    let versions: Vec<i64> = earlier.iter().map(|(v, _)| *v).collect();
+    assert_eq!(prepared.rewritten, versions);
     assert!(prepared.recorded.is_empty(), "{prepared:?}");
-    for m in MIGRATOR.iter().filter(|m| (2..=6).contains(&m.version)) {
-        if !m.migration_type.is_down_migration() {
-            assert_eq!(checksum_of(&pool, m.version).await, *m.checksum);
-        }
+    for m in MIGRATOR
+        .iter()
+        .filter(|m| versions.contains(&m.version) && !m.migration_type.is_down_migration())
+    {
+        assert_eq!(checksum_of(pool, m.version).await, *m.checksum);
     }
-    livermore_db::migrate(&pool).await.expect("migrates on");
-    assert_eq!(applied_versions(&pool).await, all_versions());
+    livermore_db::migrate(pool).await.expect("migrates on");
+    assert_eq!(applied_versions(pool).await, all_versions());
 }
 
 /// `livermore-db --help` says that the way back is forward and where the runbook is (a section that
@@ -1592,34 +1616,108 @@ async fn adopted_lifecycle_columns_with_rows_the_checks_refuse_are_refused(pool:
 /// checksums are recorded under the current texts, and nothing runs again.
 #[sqlx::test(migrations = false)]
 async fn a_database_that_applied_0005_and_0006_before_adoption_migrates_on(pool: PgPool) {
-    use sqlx::migrate::Migration;
-    let old = sqlx::migrate::Migrator::with_migrations(
-        MIGRATOR
-            .iter()
-            .filter(|m| !m.migration_type.is_down_migration())
-            .map(|m| {
-                let sql = match m.version {
-                    5 => include_str!("fixtures/before_adoption/0005_clerk_lifecycle.up.sql"),
-                    6 => include_str!("fixtures/before_adoption/0006_clerk_role_baseline.up.sql"),
-                    _ => return m.clone(),
-                };
-                Migration::new(
-                    m.version,
-                    m.description.clone(),
-                    m.migration_type,
-                    sqlx::SqlSafeStr::into_sql_str(sql),
-                    false,
-                )
-            })
-            .collect(),
-    );
-    old.run(&pool).await.unwrap();
+    applied_earlier_texts_migrate_on(
+        &pool,
+        &[
+            (
+                5,
+                include_str!("fixtures/before_adoption/0005_clerk_lifecycle.up.sql"),
+            ),
+            (
+                6,
+                include_str!("fixtures/before_adoption/0006_clerk_role_baseline.up.sql"),
+            ),
+        ],
+    )
+    .await;
+}
+
+/// The same for 0008 before it validated each check in one read.
+#[sqlx::test(migrations = false)]
+async fn a_database_that_applied_0008_before_one_read_per_check_migrates_on(pool: PgPool) {
+    applied_earlier_texts_migrate_on(
+        &pool,
+        &[(
+            8,
+            include_str!("fixtures/before_one_pass/0008_users_checks_validate.up.sql"),
+        )],
+    )
+    .await;
+}
+
+/// 0008 reads `users` once per check it validates, three times in all (`pg_stat_user_tables`'s
+/// sequential scans, counted around it on one connection), and no more where rows break a check
+/// (the validation that fails is rolled back, warned about, and the check stays `NOT VALID`). Its
+/// earlier text read six times: a search for breaking rows before each validation.
+#[sqlx::test(migrations = false)]
+async fn validating_the_checks_reads_users_once_per_check(pool: PgPool) {
     let mut conn = pool.acquire().await.unwrap();
-    let prepared = livermore_db::prepare_to_migrate(&mut conn).await.unwrap();
-    assert_eq!(prepared.rewritten, [5, 6]);
-    assert!(prepared.recorded.is_empty(), "{prepared:?}");
-    livermore_db::migrate(&pool).await.expect("migrates on");
-    assert_eq!(applied_versions(&pool).await, all_versions());
+    MIGRATOR.run_to(7, &mut *conn).await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (username, email, identity_provider, identity_sub)
+         SELECT 'u' || n, 'u' || n || '@example.com', 'clerk', 'user_' || n
+         FROM generate_series(1, 1000) AS n",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    // One row breaking users_role_check, written around the check as other tooling might have.
+    sqlx::query("ALTER TABLE users DROP CONSTRAINT users_role_check")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET role = 'moderator' WHERE username = 'u500'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "ALTER TABLE users ADD CONSTRAINT users_role_check
+           CHECK (role IN ('user', 'admin', 'subscriber_basic', 'subscriber_pro')) NOT VALID",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let before = seq_scans_of_users(&mut conn).await;
+    MIGRATOR
+        .run_to(8, &mut *conn)
+        .await
+        .expect("0008 warns, does not fail");
+    let after = seq_scans_of_users(&mut conn).await;
+    assert_eq!(after - before, 3, "reads of users by 0008");
+    let valid: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT conname::text, convalidated FROM pg_constraint
+         WHERE conrelid = 'users'::regclass AND contype = 'c'
+           AND conname IN ('users_identity_pair_check', 'users_role_check', 'users_role_source_check')
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        valid,
+        [
+            ("users_identity_pair_check".to_owned(), true),
+            ("users_role_check".to_owned(), false),
+            ("users_role_source_check".to_owned(), true)
+        ]
+    );
+}
+
+/// `users`' sequential scans so far, this connection's included: its counts reach the view when it
+/// goes idle after a flush is asked for.
+async fn seq_scans_of_users(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'users'::regclass")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
 }
 
 /// A database at version 6 holding what 0007-0009 will meet: an identity held by two users (0007's

@@ -129,7 +129,7 @@ const LOCKS: &[(i64, &[Lock])] = {
             &[lock(
                 "users",
                 ShareUpdateExclusive,
-                "validates the checks 0002 and 0005 added NOT VALID: reads every row",
+                "validates the checks 0002 and 0005 added NOT VALID: reads every row once per check",
             )],
         ),
         (
