@@ -10,7 +10,11 @@
 //!   while the migration ran (a backlog a stall leaves counts for that stall);
 //! - the strongest lock on `users` seen held by the migrating session (polled every 5 ms; a lock
 //!   held for less than a poll can be missed), beside the one `migrate` declares
-//!   (`src/bin/livermore-db/locks.rs`, checked by `tests/it/locks.rs`).
+//!   (`src/bin/livermore-db/locks.rs`, checked by `tests/it/locks.rs`);
+//! - per run, the step where the longest wait fell, what pgbench's active sessions were sampled
+//!   waiting on meanwhile (`pg_stat_activity` wait events, polled with the locks: a lock, or I/O such
+//!   as a commit's `IO:WALSync`), and the buffers checkpoints wrote during that step
+//!   (`pg_stat_bgwriter`).
 //!
 //! The paths: `created` (0001 by this crate, the table then filled, 0002-0009 pending), `with-iam`
 //! (an Atlas-era table with the IAM columns: 0001-0002 adopted, 0003-0009 applied) and `pre-iam`
@@ -73,6 +77,14 @@ struct Transaction {
     script: u32,
 }
 
+/// One poll of the server: the wait events of pgbench's active sessions (`type:event`), and the
+/// buffers checkpoints have written so far (`pg_stat_bgwriter.buffers_checkpoint`).
+struct Sample {
+    at_us: i64,
+    waits: Vec<String>,
+    checkpoint_buffers: i64,
+}
+
 /// One migration as the command applied it.
 struct Applied {
     label: String,
@@ -89,6 +101,8 @@ struct Measured {
     transactions: Vec<Transaction>,
     /// (when, strongest lock on users held by the migrating session).
     locks: Vec<(i64, Mode)>,
+    /// What pgbench's sessions waited on, and the checkpointer's progress, polled with the locks.
+    samples: Vec<Sample>,
     /// The longest wait of the transactions scheduled in the lead-in, before the command started
     /// (the floor on this machine).
     floor: Duration,
@@ -332,11 +346,12 @@ fn load(
     })
 }
 
-/// Polls, every 5 ms, the strongest lock on `users` held by a session other than pgbench's and
-/// this one, until `stop`.
-async fn watch_locks(o: PgConnectOptions, stop: Arc<AtomicBool>) -> Vec<(i64, Mode)> {
+/// Polls, every 5 ms, until `stop`: the strongest lock on `users` held by a session other than
+/// pgbench's and this one; what pgbench's active sessions wait on; the checkpointer's buffers.
+async fn watch(o: PgConnectOptions, stop: Arc<AtomicBool>) -> (Vec<(i64, Mode)>, Vec<Sample>) {
     let mut conn = o.database(DATABASE).connect().await.expect("connect");
     let mut seen = Vec::new();
+    let mut samples = Vec::new();
     while !stop.load(Ordering::Acquire) {
         let modes: Vec<String> = sqlx::query_scalar(
             "SELECT l.mode FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -346,12 +361,28 @@ async fn watch_locks(o: PgConnectOptions, stop: Arc<AtomicBool>) -> Vec<(i64, Mo
         .fetch_all(&mut conn)
         .await
         .unwrap_or_default();
+        let at_us = now_us();
         if let Some(mode) = modes.iter().filter_map(|m| Mode::from_pg(m)).max() {
-            seen.push((now_us(), mode));
+            seen.push((at_us, mode));
+        }
+        let polled: Result<(Vec<String>, i64), _> = sqlx::query_as(
+            "SELECT ARRAY(SELECT wait_event_type || ':' || wait_event FROM pg_stat_activity
+                          WHERE application_name LIKE 'pgbench%' AND state = 'active'
+                            AND wait_event IS NOT NULL),
+                    (SELECT buffers_checkpoint FROM pg_stat_bgwriter)",
+        )
+        .fetch_one(&mut conn)
+        .await;
+        if let Ok((waits, checkpoint_buffers)) = polled {
+            samples.push(Sample {
+                at_us,
+                waits,
+                checkpoint_buffers,
+            });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    seen
+    (seen, samples)
 }
 
 /// One path: prepare, start the load, apply the pending migrations with the operator command, stop.
@@ -365,7 +396,7 @@ async fn measure(
     let (scratch, setup) = prepare(server, path, rows).await;
     let stop = Arc::new(AtomicBool::new(false));
     let pgbench = load(server, secret, rows, rate, stop.clone());
-    let watcher = tokio::spawn(watch_locks(server.clone(), stop.clone()));
+    let watcher = tokio::spawn(watch(server.clone(), stop.clone()));
     // A lead-in under load alone: the floor of the waits on this machine.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -394,7 +425,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Release);
     let transactions = pgbench.join().expect("pgbench's thread");
-    let locks = watcher.await.unwrap();
+    let (locks, samples) = watcher.await.unwrap();
     drop(setup);
     scratch.drop().await;
 
@@ -435,6 +466,7 @@ async fn measure(
         applied,
         transactions,
         locks,
+        samples,
         floor,
         launched_us,
     }
@@ -480,6 +512,10 @@ struct Step {
     write: Duration,
     seen: Option<Mode>,
     declared: Option<Mode>,
+    /// pgbench's wait events sampled during the step, most frequent first.
+    waits: Vec<(String, usize)>,
+    /// Buffers checkpoints wrote during the step.
+    checkpoint_buffers: i64,
 }
 
 /// The steps of one run: the command's start-up (to its first migration), then each migration.
@@ -492,6 +528,30 @@ fn steps(m: &Measured) -> Vec<Step> {
             .map(|(_, mode)| *mode)
             .max()
     };
+    let waits = |from_us: i64, to_us: i64| {
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in m
+            .samples
+            .iter()
+            .filter(|s| s.at_us >= from_us && s.at_us <= to_us)
+        {
+            for w in &s.waits {
+                *counts.entry(w.clone()).or_default() += 1;
+            }
+        }
+        let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+        counts
+    };
+    let checkpointed = |from_us: i64, to_us: i64| {
+        let within: Vec<i64> = m
+            .samples
+            .iter()
+            .filter(|s| s.at_us >= from_us && s.at_us <= to_us)
+            .map(|s| s.checkpoint_buffers)
+            .collect();
+        within.last().zip(within.first()).map_or(0, |(l, f)| l - f)
+    };
     let first = m.applied.first().map_or(m.launched_us, |a| a.from_us);
     let mut out = vec![Step {
         label: "(start-up, adoption check)".to_owned(),
@@ -500,6 +560,8 @@ fn steps(m: &Measured) -> Vec<Step> {
         write: longest(&m.transactions, Some(1), m.launched_us, first),
         seen: seen(m.launched_us, first - 1),
         declared: None,
+        waits: waits(m.launched_us, first - 1),
+        checkpoint_buffers: checkpointed(m.launched_us, first - 1),
     }];
     for a in &m.applied {
         out.push(Step {
@@ -515,6 +577,8 @@ fn steps(m: &Measured) -> Vec<Step> {
                     .map(|l| l.mode)
                     .max()
             }),
+            waits: waits(a.from_us, a.to_us),
+            checkpoint_buffers: checkpointed(a.from_us, a.to_us),
         });
     }
     out
@@ -570,6 +634,34 @@ fn report(results: &[Measured], paths: &[&'static str]) {
                 mode_name(all.iter().filter_map(|s| s.seen).max()),
                 mode_name(step.declared),
                 if over { "  OVER 1 s" } else { "" }
+            );
+        }
+        // Where each run's longest wait fell, and what pgbench waited on then: a lock, or I/O
+        // (the WAL flush of a commit, a data file read) while a checkpoint was writing.
+        for (k, steps) in per_run.iter().enumerate() {
+            let Some(worst) = steps.iter().max_by_key(|s| s.read.max(s.write)) else {
+                continue;
+            };
+            let waits = worst
+                .waits
+                .iter()
+                .take(4)
+                .map(|(w, n)| format!("{w} x{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "{:<9} {:>10}   run {}: longest wait {:.2} s in {}; pgbench's sessions sampled waiting on: {}; checkpoint buffers written meanwhile: {}",
+                path,
+                first.rows,
+                k + 1,
+                worst.read.max(worst.write).as_secs_f64(),
+                worst.label,
+                if waits.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    waits
+                },
+                worst.checkpoint_buffers
             );
         }
         let floors: Vec<Duration> = runs.iter().map(|m| m.floor).collect();
