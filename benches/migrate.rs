@@ -21,8 +21,8 @@
 //! (an Atlas-era table without them: 0001 adopted, 0002-0009 applied). Rows are realistic: 90 % with
 //! a Clerk identity where the columns exist, 2 % deactivated, long names and picture URLs.
 //!
-//! pgbench runs a read (`SELECT id, username, email, … WHERE id`) and a write (`UPDATE … SET
-//! updated_at … WHERE id`), 4 to 1, at `BENCH_MIGRATE_RATE` transactions a second (default 200) on
+//! pgbench runs a read (`SELECT id, username, email, … WHERE email`, through the e-mail's unique
+//! index, as a sign-in's look-up by address) and a write (`UPDATE … SET updated_at … WHERE id`), 4 to 1, at `BENCH_MIGRATE_RATE` transactions a second (default 200) on
 //! 4 connections, as prepared statements. Not the crate's own look-up and sign-in statements: they
 //! name columns the pending migrations add, so they cannot run before them. The read takes the lock
 //! the crate's look-up takes (ACCESS SHARE), the write the sign-in upsert's (ROW EXCLUSIVE and a row
@@ -30,7 +30,7 @@
 //! statements do: a prepared `SELECT *` fails once a migration adds a column ("cached plan must not
 //! change result type").
 //!
-//! Every path runs `BENCH_MIGRATE_RUNS` times (default 3), interleaved (each path once, then each
+//! Every path runs `BENCH_MIGRATE_RUNS` times (default 5), interleaved (each path once, then each
 //! again), each run on a database filled anew; each figure is reported as its median over the runs
 //! with its spread (min-max), and a step is flagged when any run waited over 1 s.
 //!
@@ -126,7 +126,7 @@ async fn main() {
     let rate: u64 = env_num("BENCH_MIGRATE_RATE", 200);
     let paths = std::env::var("BENCH_MIGRATE_PATHS")
         .unwrap_or_else(|_| "created,with-iam,pre-iam".to_owned());
-    let runs = env_num("BENCH_MIGRATE_RUNS", 3);
+    let runs = env_num("BENCH_MIGRATE_RUNS", 5);
     let paths: Vec<&'static str> = paths
         .split(',')
         .map(str::trim)
@@ -281,7 +281,7 @@ fn load(
     std::fs::create_dir_all(&dir).expect("a folder for pgbench");
     std::fs::write(
         dir.join("read.sql"),
-        "\\set id random(1, :rows)\nSELECT id, username, email, is_active, updated_at FROM users WHERE id = :id;\n",
+        "\\set id random(1, :rows)\nSELECT id, username, email, is_active, updated_at FROM users WHERE email = 'user' || :id || '@example.com';\n",
     )
     .unwrap();
     std::fs::write(
