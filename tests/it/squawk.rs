@@ -89,6 +89,59 @@ fn the_migrations_pass_and_an_unsafe_new_one_fails() {
     );
 }
 
+/// What a DO block runs is linted too (`scripts/squawk-do.py`): a static statement in the block,
+/// and an `EXECUTE format(...)` expanded for each value of its loop.
+#[test]
+fn what_a_do_block_runs_is_linted() {
+    let (ok, said) = lint(&migrations_with(
+        "do-static",
+        &[("0099_display_name_idx.up.sql", DO_STATIC)],
+    ));
+    assert!(!ok, "a plain CREATE INDEX inside DO passed: {said}");
+    assert!(
+        said.contains("0099_display_name_idx.up.sql")
+            && said.contains("require-concurrent-index-creation"),
+        "{said}"
+    );
+
+    let (ok, said) = lint(&migrations_with(
+        "do-execute",
+        &[("0099_checks.up.sql", DO_EXECUTE)],
+    ));
+    assert!(
+        !ok,
+        "a CHECK without NOT VALID through EXECUTE passed: {said}"
+    );
+    assert!(
+        said.contains("0099_checks.up.sql") && said.contains("constraint-missing-not-valid"),
+        "{said}"
+    );
+
+    // The same block with NOT VALID passes: the findings above came from what it runs.
+    let (ok, said) = lint(&migrations_with(
+        "do-execute-not-valid",
+        &[(
+            "0099_checks.up.sql",
+            &DO_EXECUTE.replace("<> '''')', c, c)", "<> '''') NOT VALID', c, c)"),
+        )],
+    ));
+    assert!(ok, "{said}");
+}
+
+const DO_STATIC: &str = "SET lock_timeout = '5s';\nSET statement_timeout = '5s';\n\
+    DO $m$ BEGIN\n\
+      IF to_regclass('users_display_name_idx') IS NULL THEN\n\
+        CREATE INDEX users_display_name_idx ON users (display_name);\n\
+      END IF;\n\
+    END $m$;\n";
+
+const DO_EXECUTE: &str = "SET lock_timeout = '5s';\nSET statement_timeout = '5s';\n\
+    DO $m$\nDECLARE c text;\nBEGIN\n\
+      FOREACH c IN ARRAY ARRAY['username', 'email'] LOOP\n\
+        EXECUTE format('ALTER TABLE users ADD CONSTRAINT %I CHECK (%I <> '''')', c, c);\n\
+      END LOOP;\n\
+    END $m$;\n";
+
 const CONCURRENT_WITH_SETS: &str = "-- no-transaction\nSET lock_timeout = '5s';\n\
     SET statement_timeout = '5s';\n\
     CREATE INDEX CONCURRENTLY IF NOT EXISTS users_display_name_idx ON users (display_name);\n";
