@@ -41,13 +41,18 @@ base_backup() {
   as_server rm -rf "$dir/data"
   # A physical replication slot makes the primary keep the WAL the standby has not received, so a
   # standby stopped for a while (the tests stop it) catches up instead of finding its WAL recycled.
-  # A slot left by an earlier standby is dropped first.
+  # A slot left by an earlier standby is dropped first. The slot is made here, reserving WAL at once,
+  # before the copy starts: made by pg_basebackup (-C) it is created by the WAL streamer after the
+  # copy has begun, and under heavy writes (the tests running beside) the segment the copy starts in
+  # was recycled in between ("requested WAL segment ... has already been removed", seen on a fresh
+  # clone).
   as_server "$pg_bin/psql" -X -q -h "$primary/socket" -p "$primary_port" -U "$db_user" -d postgres \
-    -c "SELECT pg_drop_replication_slot('$slot') FROM pg_replication_slots WHERE slot_name = '$slot'" >/dev/null
+    -c "SELECT pg_drop_replication_slot('$slot') FROM pg_replication_slots WHERE slot_name = '$slot'" \
+    -c "SELECT pg_create_physical_replication_slot('$slot', true)" >/dev/null
   # Over the dev cluster's unix socket (trusted, the server user's alone); -R writes primary_conninfo,
   # primary_slot_name and standby.signal; -X stream carries the WAL written during the copy.
   as_server "$pg_bin/pg_basebackup" -h "$primary/socket" -p "$primary_port" -U "$db_user" \
-    -D "$dir/data" -R -C -S "$slot" -X stream -c fast >"$dir/basebackup.log" 2>&1 ||
+    -D "$dir/data" -R -S "$slot" -X stream -c fast >"$dir/basebackup.log" 2>&1 ||
     { cat "$dir/basebackup.log" >&2; die "pg_basebackup failed"; }
   as_server cp "$primary/password" "$dir/password"
   # The copy carries the primary's livermore.conf: the standby gets its own port and socket.
