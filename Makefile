@@ -142,20 +142,18 @@ timing-under-load: sqlx-cli ## The timing tests RUNS times (default 20) with eve
 	  scripts/timing-under-load.sh
 
 # Mutation testing over the files where a surviving break is a security or data-loss defect (issue
-# 35). Each mutant is built and tested in place (the working tree's files are changed one at a time
-# and restored; keep the tree untouched meanwhile), with the unit tests and the integration tests on
-# a fresh test database: hours on 2 cores, so not part of `make test`. MUTANTS_FILES (paths or
-# globs, space-separated) narrows it; results go to mutants.out/ (outcomes.json, caught.txt, missed.txt).
+# 35): scripts/mutants.sh, each file's mutants checked by the tests that guard it, on a fresh test
+# database. Mutants are built and tested in place (the working tree's files are changed one at a
+# time and restored): run it in a clone of its own. About a minute per mutant on 2 cores (about 430
+# in all), so not part of `make test`. MUTANTS_FILES (space-separated) narrows it; results in
+# mutants.out/ (summary.txt), and the last run's in MUTANTS.md.
 mutants: sqlx-cli ## cargo-mutants (pinned) over the security and data-loss files (hours; mutants.out/)
 	@if [ "$$("$(MUTANTS_ROOT)/bin/cargo-mutants" mutants --version 2>/dev/null)" != "cargo-mutants $(CARGO_MUTANTS_VERSION)" ]; then \
 	  echo "installing cargo-mutants $(CARGO_MUTANTS_VERSION) into $(MUTANTS_ROOT) (a few minutes)"; \
 	  $(CARGO) install cargo-mutants --version $(CARGO_MUTANTS_VERSION) --locked --quiet --root "$(MUTANTS_ROOT)"; \
 	fi
 	@$(call FRESH_DB,livermore_test) \
-	read -ra names <<<"$$LIVERMORE_MUTANTS_FILES"; files=(); \
-	for f in "$${names[@]}"; do files+=(--file "$$f"); done; \
-	DATABASE_URL="$$url" SQLX_OFFLINE=true "$(MUTANTS_ROOT)/bin/cargo-mutants" mutants --in-place \
-	  --all-features --no-shuffle "$${files[@]}"
+	DATABASE_URL="$$url" SQLX_OFFLINE=true CARGO_MUTANTS="$(MUTANTS_ROOT)/bin/cargo-mutants" scripts/mutants.sh
 
 test-make: sqlx-cli ## make hands FILE and ENV to commands as data: names with quotes, $(…), spaces
 	@echo "== make passes values, never code"
