@@ -38,7 +38,10 @@
 //! (default 1 000 000), BENCH_MIGRATE_RATE, BENCH_MIGRATE_PATHS (comma-separated, default all three),
 //! BENCH_MIGRATE_RUNS, BENCH_MIGRATE_SETTLE (`vacuum`: VACUUM ANALYZE and CHECKPOINT after the load;
 //! by default the command starts right after it, hint bits unset and the load's checkpoint under
-//! way, as a table just bulk-loaded or restored is met).
+//! way, as a table just bulk-loaded or restored is met), BENCH_MIGRATE_READER_SECS (a report's
+//! transaction, `BEGIN; SELECT count(*) FROM users`, held open that many seconds from just before
+//! the command starts: the migrations' locks wait behind it, in short attempts, and the reads and
+//! writes must not queue behind those waits; issue 31's "20 s reader").
 #![allow(clippy::disallowed_methods)]
 mod support;
 
@@ -414,6 +417,27 @@ async fn measure(
     // A lead-in under load alone: the floor of the waits on this machine.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    // A report holding users' ACCESS SHARE lock: every migration that needs more waits for it.
+    let reader_secs = env_num("BENCH_MIGRATE_READER_SECS", 0);
+    let reader = if reader_secs > 0 {
+        let mut report = server
+            .clone()
+            .database(DATABASE)
+            .application_name("long-report")
+            .connect()
+            .await
+            .unwrap();
+        report.execute("BEGIN").await.unwrap();
+        report.execute("SELECT count(*) FROM users").await.unwrap();
+        eprintln!("  a report holds users for {reader_secs} s");
+        Some(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(reader_secs)).await;
+            report.execute("COMMIT").await.unwrap();
+        }))
+    } else {
+        None
+    };
+
     // The server's URL with the benchmark's database (the password included: sqlx keeps it).
     let database_url = server.clone().database(DATABASE).to_url_lossy().to_string();
     let launched_us = now_us();
@@ -436,6 +460,9 @@ async fn measure(
     .unwrap();
     let status = child.wait().expect("livermore-db migrate");
     assert!(status.success(), "livermore-db migrate failed on {path}");
+    if let Some(reader) = reader {
+        reader.await.unwrap();
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Release);
     let transactions = pgbench.join().expect("pgbench's thread");
