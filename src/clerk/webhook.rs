@@ -819,6 +819,94 @@ mod tests {
         );
     }
 
+    /// Each size limit admits a value of exactly its size and refuses one byte more: the message
+    /// id (256 bytes), the signature header (8 KiB) and the body (`max_body_bytes`).
+    #[test]
+    fn each_limit_admits_exactly_its_size() {
+        let verifier = WebhookVerifier::from_list(SECRET)
+            .unwrap()
+            .with_max_body_bytes(10);
+        let now = at(1614265330);
+        let body = br#"{"a":1234}"#;
+        assert_eq!(body.len(), 10);
+        for (len, admitted) in [(MAX_ID_BYTES, true), (MAX_ID_BYTES + 1, false)] {
+            let id = "m".repeat(len);
+            let signature = verifier.sign(&id, 1614265330, body);
+            let h = [
+                ("webhook-id", id.as_str()),
+                ("webhook-timestamp", TIMESTAMP),
+                ("webhook-signature", signature.as_str()),
+            ];
+            let h = headers(&h).unwrap();
+            let err = verifier.verify_at(&h, body, now).unwrap_err();
+            let refused = matches!(
+                err,
+                WebhookError::BadHeader {
+                    name: "webhook-id",
+                    ..
+                }
+            );
+            assert_eq!(!refused, admitted, "an id of {len} bytes: {err:?}");
+            if admitted {
+                // Signature and time pass: the body is not a Clerk event.
+                assert!(matches!(err, WebhookError::NotClerkEvent { .. }), "{err:?}");
+            }
+        }
+        for (len, admitted) in [
+            (MAX_SIGNATURE_HEADER_BYTES, true),
+            (MAX_SIGNATURE_HEADER_BYTES + 1, false),
+        ] {
+            // Padding of another version first, then the valid entry: exactly `len` bytes.
+            let pad = len - SIGNATURE.len() - "v1a, ".len();
+            let header = format!("v1a,{} {SIGNATURE}", "A".repeat(pad));
+            assert_eq!(header.len(), len);
+            let h = [
+                ("webhook-id", ID),
+                ("webhook-timestamp", TIMESTAMP),
+                ("webhook-signature", header.as_str()),
+            ];
+            let result = verifier.check_headers(&headers(&h).unwrap(), now);
+            assert_eq!(
+                result.is_ok(),
+                admitted,
+                "a header of {len} bytes: {result:?}"
+            );
+        }
+        let h = [
+            ("webhook-id", ID),
+            ("webhook-timestamp", TIMESTAMP),
+            ("webhook-signature", SIGNATURE),
+        ];
+        let h = headers(&h).unwrap();
+        // A body of exactly the limit reaches the signature check (which it fails: signed for
+        // another body); one byte more is refused for its size.
+        assert_eq!(
+            verifier.verify_at(&h, body, now).unwrap_err(),
+            WebhookError::NoValidSignature
+        );
+        assert!(matches!(
+            verifier.verify_at(&h, br#"{"a":12345}"#, now).unwrap_err(),
+            WebhookError::BodyTooLarge { len: 11, limit: 10 }
+        ));
+    }
+
+    /// Logs name a message by its id: `id()` gives it, and `Debug` shows it (and the timestamp)
+    /// but never the signatures.
+    #[test]
+    fn headers_show_the_id_and_hide_the_signatures() {
+        let h = [
+            ("svix-id", ID),
+            ("svix-timestamp", TIMESTAMP),
+            ("svix-signature", SIGNATURE),
+        ];
+        let h = headers(&h).unwrap();
+        assert_eq!(h.id(), ID);
+        let shown = format!("{h:?}");
+        assert!(shown.starts_with("WebhookHeaders"), "{shown}");
+        assert!(shown.contains(ID) && shown.contains(TIMESTAMP), "{shown}");
+        assert!(!shown.contains("g0hM9SsE"), "{shown}");
+    }
+
     #[test]
     fn bad_secrets_are_refused_without_showing_them() {
         let cases = [
