@@ -325,6 +325,10 @@ mod tests {
     fn provider_is_trimmed_lowercased_and_bounded() {
         assert_eq!(Provider::parse("  GOOGLE\t").unwrap().as_str(), "google");
         assert_eq!(Provider::parse(&"a".repeat(20)).unwrap().as_str().len(), 20);
+        // Digits, '_' and '-' are allowed anywhere.
+        for good in ["oidc2", "my_idp", "azure-ad", "2-a_b"] {
+            assert_eq!(Provider::parse(good).unwrap().as_str(), good);
+        }
         for bad in [
             "",
             "   ",

@@ -753,6 +753,16 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // Twelve digits are still a timestamp (refused for its distance, not its form).
+        let h = [
+            ("svix-id", ID),
+            ("svix-timestamp", "999999999999"),
+            ("svix-signature", SIGNATURE),
+        ];
+        assert!(matches!(
+            verifier.verify_at(&headers(&h).unwrap(), body, at(t)),
+            Err(WebhookError::TimestampTooNew { .. })
+        ));
     }
 
     #[test]
