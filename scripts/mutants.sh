@@ -27,7 +27,7 @@ tests_for() {
     src/input.rs) echo "--lib --test=it | input users:: clerk::addresses clerk::random" ;;
     src/users/mod.rs) echo "--lib --test=it | users roles lookup" ;;
     src/users/username.rs) echo "--lib --test=it | username users::" ;;
-    src/bin/livermore-clerk-webhooks/*) echo "--bin=livermore-clerk-webhooks --test=it | webhook" ;;
+    src/bin/livermore-clerk-webhooks/*) echo "--bin=livermore-clerk-webhooks --test=it | webhook service::" ;;
     *) echo "--lib --test=it |" ;;
   esac
 }

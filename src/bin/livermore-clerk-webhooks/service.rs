@@ -727,3 +727,28 @@ fn describe(outcome: &Outcome) -> (&'static str, Option<i32>) {
         _ => ("other", None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/readyz` goes by the readiness task's last finding only while it is recent: a task that
+    /// stopped checking (stuck on a connect, panicked) makes the service not ready, not ready
+    /// forever. `make mutants` found no test of the age.
+    #[test]
+    fn a_readiness_finding_goes_stale() {
+        let readiness = Readiness::default();
+        assert_eq!(
+            readiness.current(Duration::from_secs(60)),
+            0,
+            "never checked"
+        );
+        readiness.set(READY);
+        assert_eq!(readiness.current(Duration::from_secs(60)), READY);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(readiness.current(Duration::from_millis(10)), 0, "30 ms old");
+        assert_eq!(readiness.current(Duration::from_secs(60)), READY);
+        readiness.set(NOT_MIGRATED);
+        assert_eq!(readiness.current(Duration::from_secs(60)), NOT_MIGRATED);
+    }
+}
