@@ -751,4 +751,16 @@ mod tests {
         readiness.set(NOT_MIGRATED);
         assert_eq!(readiness.current(Duration::from_secs(60)), NOT_MIGRATED);
     }
+
+    /// Logs name an event's type only when it is one this service knows (the type is the sender's
+    /// text): anything else is `other`.
+    #[test]
+    fn only_known_event_types_are_named() {
+        for known in ["user.created", "user.updated", "user.deleted"] {
+            assert_eq!(known_type(known), known);
+        }
+        for unknown in ["session.created", "", "user.created ", "USER.CREATED"] {
+            assert_eq!(known_type(unknown), "other", "{unknown:?}");
+        }
+    }
 }

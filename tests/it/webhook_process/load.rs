@@ -331,6 +331,7 @@ async fn readyz_follows_the_database_and_deliveries_answer_503_while_it_is_down(
     assert_eq!(ready(true).await, 200);
     proxy.stop();
     assert!(ready(false).await >= 500);
+    until_readyz(&program, 503, "database not answering").await;
     assert_eq!(program.get("/healthz").await.0, 200, "the process is up");
     let (status, retry_after, body) = program
         .deliver("msg_down", &created_body("user_down"))
