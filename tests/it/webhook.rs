@@ -259,6 +259,28 @@ async fn refused_requests_write_nothing(pool: PgPool) {
     assert_eq!(user_count(&pool).await, 0);
 }
 
+/// The body limit admits exactly its size: a valid event padded with spaces to 1 MiB (declared
+/// as such) is applied, as a body one byte over is refused above.
+#[sqlx::test]
+async fn a_body_of_exactly_the_limit_is_applied(pool: PgPool) {
+    let service = serve(&pool, SECRET).await;
+    let limit = WebhookVerifier::from_list(SECRET).unwrap().max_body_bytes();
+    let mut body = event_body(
+        "user.created",
+        clerk_user("user_http_exact", "exact@example.com", T0, json!({})),
+    );
+    body.push_str(&" ".repeat(limit - body.len()));
+    assert_eq!(body.len(), limit);
+    let (status, response) = service
+        .post(&signed(SECRET, "msg_exact", now(), &body), body.clone())
+        .await;
+    assert_eq!(
+        (status, &response["outcome"]),
+        (200, &json!("created")),
+        "{response}"
+    );
+}
+
 #[sqlx::test]
 async fn rotated_secrets_and_both_header_spellings(pool: PgPool) {
     let service = serve(&pool, &format!("{SECRET} {OLD_SECRET}")).await;

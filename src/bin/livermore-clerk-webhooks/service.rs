@@ -522,18 +522,26 @@ async fn handle(
         Ok(answer) => answer,
         // The transaction (if one was open) is dropped with the future, its connection closed:
         // the server rolls it back within 100 ms (see `apply`).
-        Err(_) if phase.get() == Phase::CONNECTING && state.database_state() != READY => {
-            Answer::refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database",
-                "database unreachable",
-            )
-        }
-        Err(_) => Answer::refused(
+        Err(_) => past_deadline(phase.get(), state.database_state()),
+    }
+}
+
+/// The answer to a delivery whose deadline passed in `phase`: an outage (`database`) when it was
+/// still waiting for a connection and the readiness task does not find the database ready;
+/// otherwise `deadline` (a lock wait, a slow statement: what alerts on deadlines are for).
+fn past_deadline(phase: u8, database_state: u8) -> Answer {
+    if phase == Phase::CONNECTING && database_state != READY {
+        Answer::refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database",
+            "database unreachable",
+        )
+    } else {
+        Answer::refused(
             StatusCode::SERVICE_UNAVAILABLE,
             "deadline",
             "the request deadline passed",
-        ),
+        )
     }
 }
 
@@ -750,6 +758,25 @@ mod tests {
         assert_eq!(readiness.current(Duration::from_secs(60)), READY);
         readiness.set(NOT_MIGRATED);
         assert_eq!(readiness.current(Duration::from_secs(60)), NOT_MIGRATED);
+    }
+
+    /// Past the deadline, only a wait for a connection while the database is not ready is an
+    /// outage; a wait for a lock or a statement is a deadline whatever the readiness task finds,
+    /// and so is a wait for a connection of a busy pool while the database is ready.
+    #[test]
+    fn past_the_deadline_an_outage_only_while_connecting_to_a_database_not_ready() {
+        for phase in [Phase::BEFORE, Phase::CONNECTING, Phase::APPLYING] {
+            for state in [0, READY, DATABASE_DOWN, NOT_MIGRATED] {
+                let answer = past_deadline(phase, state);
+                let outage = phase == Phase::CONNECTING && state != READY;
+                assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(
+                    answer.outcome,
+                    if outage { "database" } else { "deadline" },
+                    "phase {phase}, database state {state}"
+                );
+            }
+        }
     }
 
     /// Logs name an event's type only when it is one this service knows (the type is the sender's
