@@ -779,6 +779,78 @@ mod tests {
         }
     }
 
+    /// What each library error is answered, with the database's errors raised by a real
+    /// PostgreSQL (`DATABASE_URL`, as every test has it): a statement timeout (57014) and a lock
+    /// wait given up (55P03) are the deadline, any other SQLSTATE an outage naming only its code.
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // fixed statements that must fail, as in tests/it
+    async fn library_errors_become_the_answers_the_alerts_expect() {
+        use livermore_db::Error;
+        use sqlx::{Connection, Executor};
+        let url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL: this test needs PostgreSQL's own errors (make test sets it)");
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let failed = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| {
+            Error::Database(r.expect_err("the statement should fail"))
+        };
+        let timeout = failed(
+            conn.execute("SET statement_timeout = 1; SELECT pg_sleep(1)")
+                .await,
+        );
+        conn.execute("RESET statement_timeout").await.unwrap();
+        other
+            .execute("SELECT pg_advisory_lock(814003)")
+            .await
+            .unwrap();
+        let lock = failed(
+            conn.execute("SET lock_timeout = 1; SELECT pg_advisory_lock(814003)")
+                .await,
+        );
+        let other_code = failed(conn.execute("SELECT 1 / 0").await);
+        let cases = [
+            (
+                Error::InvalidRole {
+                    value: "moderator".into(),
+                    valid: "user",
+                },
+                400,
+                "invalid",
+            ),
+            (
+                Error::EmailTaken {
+                    email: "a@example.com".into(),
+                },
+                409,
+                "conflict",
+            ),
+            (
+                Error::IdentityTaken {
+                    provider: "clerk".into(),
+                    subject: "user_1".into(),
+                },
+                409,
+                "conflict",
+            ),
+            (timeout, 503, "deadline"),
+            (lock, 503, "deadline"),
+            (other_code, 503, "database"),
+        ];
+        for (error, status, outcome) in cases {
+            let answer = refused_by_library(&error);
+            assert_eq!(
+                (answer.status.as_u16(), answer.outcome),
+                (status, outcome),
+                "{error:?}"
+            );
+        }
+        let answer = refused_by_library(&failed(conn.execute("SELECT 1 / 0").await));
+        assert_eq!(
+            answer.reason.as_deref(),
+            Some("database error, SQLSTATE 22012")
+        );
+    }
+
     /// Logs name an event's type only when it is one this service knows (the type is the sender's
     /// text): anything else is `other`.
     #[test]
