@@ -851,6 +851,31 @@ mod tests {
         );
     }
 
+    /// Each outcome has its own name in the response, the log line and the metric's label.
+    #[test]
+    fn every_outcome_is_named() {
+        use livermore_db::UserId;
+        let cases = [
+            (Outcome::Created(UserId(1)), ("created", Some(1))),
+            (Outcome::Updated(UserId(2)), ("updated", Some(2))),
+            (Outcome::Stale(UserId(3)), ("stale", Some(3))),
+            (Outcome::Deactivated(UserId(4)), ("deactivated", Some(4))),
+            (
+                Outcome::AlreadyDeactivated(UserId(5)),
+                ("already_deactivated", Some(5)),
+            ),
+            (Outcome::DeletedBeforeSeen, ("deleted_before_seen", None)),
+            (Outcome::NoVerifiedEmail, ("no_verified_email", None)),
+            (
+                Outcome::Ignored("session.created".into()),
+                ("ignored", None),
+            ),
+        ];
+        for (outcome, named) in cases {
+            assert_eq!(describe(&outcome), named, "{outcome:?}");
+        }
+    }
+
     /// Logs name an event's type only when it is one this service knows (the type is the sender's
     /// text): anything else is `other`.
     #[test]
