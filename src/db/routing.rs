@@ -511,6 +511,31 @@ mod tests {
         }
     }
 
+    /// The check task keeps the primary's samples of the last `keep` (and always the newest):
+    /// enough to date any replica within the bound, and no more (a sample per check, forever,
+    /// would grow without end).
+    #[test]
+    fn samples_are_kept_for_their_window_and_no_longer() {
+        let samples = Samples::default();
+        let kept = || samples.0.lock().unwrap().len();
+        samples.push(0, 5, 0);
+        samples.push(1, 6, 0);
+        assert_eq!(kept(), 1, "the newest is kept, however short the window");
+        let samples = Samples::default();
+        let kept = || samples.0.lock().unwrap().len();
+        for k in 0..100u64 {
+            samples.push(k * 10, k * 100, 50);
+        }
+        // Newest at 990: the samples of 940 to 990 are within 50 of it.
+        assert_eq!(kept(), 6);
+        assert_eq!(samples.covered_by(9_450), 940);
+        assert_eq!(samples.covered_by(9_899), 980);
+        assert_eq!(samples.covered_by(9_399), 0, "older samples are gone");
+        assert_eq!(samples.first_since(941), Some(9_500));
+        assert_eq!(samples.first_since(0), Some(9_400));
+        assert_eq!(samples.first_since(991), None);
+    }
+
     #[test]
     fn each_condition_of_freshness_is_needed() {
         let (now, max_lag) = (10_000 * MS, 1_000 * MS);
