@@ -37,8 +37,9 @@ export LIVERMORE_LOCK_BUDGET_SECS := $(value LOCK_BUDGET_SECS)
 MUTANTS_FILES ?= src/clerk/webhook.rs src/clerk/apply.rs src/db/routing.rs src/input.rs src/users/mod.rs \
   src/users/username.rs src/bin/livermore-clerk-webhooks/service.rs
 export LIVERMORE_MUTANTS_FILES := $(value MUTANTS_FILES)
+export LIVERMORE_MUTANTS_RE := $(value MUTANTS_RE)
 # make exports command-line variables to every recipe, expanding them on the way: not these.
-unexport ENV FILE DRY_RUN RUNS FILTER MUTANTS_FILES LOCK_BUDGET_SECS
+unexport ENV FILE DRY_RUN RUNS FILTER MUTANTS_FILES MUTANTS_RE LOCK_BUDGET_SECS
 
 .PHONY: help db-up db-down db-url sqlx-cli migrate migrate-status drift import-clerk prepare test \
   test-consumer test-make test-package test-typescript typescript-roles lint doc fmt example webhook bench \
@@ -145,7 +146,8 @@ timing-under-load: sqlx-cli ## The timing tests RUNS times (default 20) with eve
 # 35): scripts/mutants.sh, each file's mutants checked by the tests that guard it, on a fresh test
 # database. Mutants are built and tested in place (the working tree's files are changed one at a
 # time and restored): run it in a clone of its own. About a minute per mutant on 2 cores (about 430
-# in all), so not part of `make test`. MUTANTS_FILES (space-separated) narrows it; results in
+# in all), so not part of `make test`. MUTANTS_FILES (space-separated) narrows it, MUTANTS_RE (a
+# regex on the mutant's name, which includes its function) narrows further; results in
 # mutants.out/ (summary.txt), and the last run's in MUTANTS.md.
 mutants: sqlx-cli ## cargo-mutants (pinned) over the security and data-loss files (hours; mutants.out/)
 	@if [ "$$("$(MUTANTS_ROOT)/bin/cargo-mutants" mutants --version 2>/dev/null)" != "cargo-mutants $(CARGO_MUTANTS_VERSION)" ]; then \

@@ -5,6 +5,8 @@
 #
 # LIVERMORE_MUTANTS_FILES: the files to mutate (space-separated). A file listed in `tests_for` below is
 # tested by its own selection; any other file by every test in the lib and `tests/it`.
+# LIVERMORE_MUTANTS_RE (optional): only the mutants whose name matches this regex (cargo-mutants
+# `--re`; a name reads `src/db/routing.rs:379:9: replace < with == in Routing::check_once`).
 #
 # Mutants are built and tested in place (the working tree's files are changed one at a time and
 # restored), so run this in a clone of its own and leave the tree alone meanwhile. Results: one folder
@@ -46,6 +48,7 @@ for file in "${files[@]}"; do
   read -ra filters <<<"${selection#*|}"
   slug=${file//\//_}
   args=(--in-place --all-features --no-shuffle --file "$file" --output "$out/$slug")
+  if [ -n "${LIVERMORE_MUTANTS_RE:-}" ]; then args+=(--re "$LIVERMORE_MUTANTS_RE"); fi
   for a in "${cargo_args[@]}"; do args+=(--cargo-arg="$a"); done
   echo "== $file: cargo test ${cargo_args[*]} -- ${filters[*]}"
   # cargo-mutants exits 2 when a mutant survives and 3 when one times out: recorded, not fatal here.
