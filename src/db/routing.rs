@@ -284,7 +284,8 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize, required: u64) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let replica = &shared.replicas[index];
-        let deadline = tokio::time::Instant::now() + shared.catch_up();
+        let window = ProbeWindow::from(tokio::time::Instant::now(), shared.catch_up());
+        let deadline = window.deadline;
         loop {
             let read = async {
                 let mut lease = replica.node.lease().await?;
@@ -302,15 +303,33 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize, required: u64) {
             replica
                 .covered_until
                 .fetch_max(shared.samples.covered_by(replayed), Ordering::AcqRel);
-            if replayed >= replica.wanted.load(Ordering::Acquire)
-                || tokio::time::Instant::now() >= deadline
-            {
+            let wanted = replica.wanted.load(Ordering::Acquire);
+            if window.done(replayed, wanted, tokio::time::Instant::now()) {
                 break;
             }
         }
         replica.probing.store(false, Ordering::Release);
         replica.probed.notify_waiters();
     });
+}
+
+/// How long a probe reads: from its start for the catch-up wait.
+struct ProbeWindow {
+    deadline: tokio::time::Instant,
+}
+
+impl ProbeWindow {
+    fn from(start: tokio::time::Instant, catch_up: Duration) -> ProbeWindow {
+        ProbeWindow {
+            deadline: start + catch_up,
+        }
+    }
+
+    /// Whether a probe that has just read `replayed` stops: the replica has replayed what the
+    /// look-ups waiting need (they are woken at once), or the wait is over (they go to the primary).
+    fn done(&self, replayed: u64, wanted: u64, now: tokio::time::Instant) -> bool {
+        replayed >= wanted || now >= self.deadline
+    }
 }
 
 /// How often, at most, look-ups that find a replica well but stale read its replay position (a
@@ -322,19 +341,24 @@ const STALE_PROBE_SPACING: Duration = Duration::from_millis(10);
 /// Starts a probe of a replica that a look-up found well but stale, unless one started less than
 /// [`STALE_PROBE_SPACING`] ago. The look-up itself goes to the primary.
 pub(crate) fn probe_stale(shared: &Arc<Shared>, index: usize) {
-    let replica = &shared.replicas[index];
-    let now = shared.now();
-    let last = replica.stale_probed_at.load(Ordering::Acquire);
     let spacing = u64::try_from(STALE_PROBE_SPACING.as_nanos()).unwrap_or(u64::MAX);
-    if now.saturating_sub(last) < spacing
-        || replica
-            .stale_probed_at
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-    {
-        return;
+    if claim_spaced(
+        &shared.replicas[index].stale_probed_at,
+        shared.now(),
+        spacing,
+    ) {
+        probe(shared, index, 0);
     }
-    probe(shared, index, 0);
+}
+
+/// Whether a caller at `now` may start what `last` spaces (the time it last started, in
+/// nanoseconds), at most once in `spacing`: true for one caller only, which records `now`.
+fn claim_spaced(last: &AtomicU64, now: u64, spacing: u64) -> bool {
+    let previous = last.load(Ordering::Acquire);
+    now.saturating_sub(previous) >= spacing
+        && last
+            .compare_exchange(previous, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// The check task: every interval, the primary's position, then each replica's, each on a
@@ -457,6 +481,67 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    /// A probe stops as soon as the replica has replayed what is wanted (the look-ups waiting are
+    /// woken then, not at the end of the wait); while the replica is behind it reads on for the
+    /// whole catch-up wait, and stops at its end.
+    #[test]
+    fn a_probe_reads_until_caught_up_or_the_catch_up_wait_is_over() {
+        let start = tokio::time::Instant::now();
+        let catch_up = Duration::from_millis(5);
+        let window = ProbeWindow::from(start, catch_up);
+        let at = |ms| start + Duration::from_millis(ms);
+        for now in [at(0), at(1), at(4)] {
+            assert!(window.done(100, 100, now), "caught up: stops");
+            assert!(window.done(101, 100, now), "past it: stops");
+            assert!(
+                !window.done(99, 100, now),
+                "behind within the wait: reads on"
+            );
+        }
+        for now in [at(5), at(6), at(1000)] {
+            assert!(window.done(99, 100, now), "behind, the wait over: stops");
+            assert!(window.done(100, 100, now));
+        }
+        assert!(!window.done(99, 100, start + catch_up - Duration::from_nanos(1)));
+    }
+
+    /// Stale look-ups start a probe at most once per spacing: the first caller once it has
+    /// passed (exactly the spacing counts as passed), nobody before it, one caller of several
+    /// at the same moment.
+    #[test]
+    fn stale_probes_are_spaced() {
+        let spacing = 10 * MS;
+        let last = AtomicU64::new(0);
+        assert!(
+            !claim_spaced(&last, 5 * MS, spacing),
+            "within the first spacing"
+        );
+        assert!(claim_spaced(&last, 50 * MS, spacing));
+        assert_eq!(last.load(Ordering::Relaxed), 50 * MS, "the start recorded");
+        assert!(
+            !claim_spaced(&last, 50 * MS, spacing),
+            "the same moment: one caller"
+        );
+        assert!(!claim_spaced(&last, 55 * MS, spacing));
+        assert!(!claim_spaced(&last, 60 * MS - 1, spacing));
+        assert!(claim_spaced(&last, 60 * MS, spacing), "exactly the spacing");
+        assert!(!claim_spaced(&last, 61 * MS, spacing));
+        assert!(claim_spaced(&last, 200 * MS, spacing));
+        assert_eq!(last.load(Ordering::Relaxed), 200 * MS);
+        // Callers racing at one moment: one of them starts it.
+        let last = Arc::new(AtomicU64::new(0));
+        let claimed: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let last = last.clone();
+                    scope.spawn(move || usize::from(claim_spaced(&last, 100 * MS, spacing)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(claimed, 1);
+    }
 
     /// A replica that stops replaying while it stays well (a long apply delay, a replay stuck
     /// behind a lock): its coverage ages with every check, and it stops serving once the
