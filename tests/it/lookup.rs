@@ -209,3 +209,73 @@ async fn callers_that_go_away_break_nothing(pool: PgPool) {
         );
     }
 }
+
+/// The server's `statement_timeout` firing before the handle's deadline is the deadline: the call
+/// fails with `Error::Timeout` (the call timeout). A statement cancelled for another reason (SQLSTATE
+/// 57014 too, "due to user request") is not a timeout: its database error is kept. `users` is
+/// locked meanwhile, so that each look-up waits on the server.
+#[sqlx::test]
+#[allow(clippy::disallowed_methods)]
+async fn a_statement_timeout_is_the_deadline_and_a_cancel_is_not(pool: PgPool) {
+    let known = users(&pool, 1).await;
+    let identity = known[0].0.clone();
+    let call_timeout = std::time::Duration::from_secs(30);
+    let handle = |statement_timeout| {
+        Db::builder(options(&pool).application_name("lookup-cancelled"))
+            .connections(1)
+            .call_timeout(call_timeout)
+            .statement_timeout(statement_timeout)
+            .build()
+    };
+    let db = handle(std::time::Duration::from_millis(300)).await.unwrap();
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+
+    let timed_out = db.find_by_identity(&identity).await;
+    assert!(
+        matches!(timed_out, Err(Error::Timeout(d)) if d == call_timeout),
+        "{timed_out:?}"
+    );
+
+    // The same wait on a handle whose statements time out with the call, cancelled by another
+    // session meanwhile.
+    let db = handle(call_timeout).await.unwrap();
+    let waiting = {
+        let db = db.clone();
+        let identity = identity.clone();
+        tokio::spawn(async move { db.find_by_identity(&identity).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cancelled = loop {
+        let cancelled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity, pg_cancel_backend(pid)
+             WHERE application_name = 'lookup-cancelled' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if cancelled > 0 || std::time::Instant::now() > deadline {
+            break cancelled;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let result = waiting.await.unwrap();
+    assert_eq!(
+        cancelled, 1,
+        "no waiting look-up was found to cancel: {result:?}"
+    );
+    let code = match &result {
+        Err(e) => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<sqlx::Error>())
+            .and_then(|s| s.as_database_error())
+            .and_then(|d| d.code().map(|c| c.into_owned())),
+        Ok(_) => None,
+    };
+    assert!(!matches!(result, Err(Error::Timeout(_))), "{result:?}");
+    assert_eq!(code.as_deref(), Some("57014"), "{result:?}");
+    locker.rollback().await.unwrap();
+    assert!(db.find_by_identity(&identity).await.unwrap().is_some());
+}
