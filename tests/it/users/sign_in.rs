@@ -199,6 +199,43 @@ async fn linking_is_explicit_and_refuses_conflicts(pool: PgPool) {
     );
 }
 
+/// A link that fails for any reason but the identity being someone else's keeps its database
+/// error: here the user's row is locked by another transaction and the caller's `lock_timeout`
+/// runs out (SQLSTATE 55P03), which is not `IdentityTaken`.
+#[sqlx::test]
+#[allow(clippy::disallowed_methods)]
+async fn a_link_failing_otherwise_is_not_called_taken(pool: PgPool) {
+    let grace = legacy_user(&pool, "grace", "grace@example.com").await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(grace)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '50ms'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = link_identity(
+        &mut *tx,
+        grace,
+        &Identity::parse("google", "g-grace").unwrap(),
+    )
+    .await
+    .unwrap_err();
+    let code = match &err {
+        Error::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("55P03"), "{err:?}");
+    tx.rollback().await.unwrap();
+    holder.rollback().await.unwrap();
+    link_identity(&pool, grace, &Identity::parse("google", "g-grace").unwrap())
+        .await
+        .unwrap();
+}
+
 #[sqlx::test]
 async fn errors_leave_the_callers_transaction_usable(pool: PgPool) {
     legacy_user(&pool, "grace", "grace@example.com").await;
