@@ -28,7 +28,7 @@ tests_for() {
     src/clerk/apply.rs) echo "--lib --test=it | clerk webhook::" ;;
     src/db/routing.rs | src/db/mod.rs) echo "--lib --test=it | routing replicas:: lookup" ;;
     src/input.rs) echo "--lib --test=it | input users:: clerk::addresses clerk::random" ;;
-    src/users/mod.rs) echo "--lib --test=it | users roles lookup" ;;
+    src/users/mod.rs) echo "--lib --test=it | users roles lookup clerk::addresses" ;;
     src/users/username.rs) echo "--lib --test=it | username users::" ;;
     src/bin/livermore-clerk-webhooks/*) echo "--bin=livermore-clerk-webhooks --test=it | webhook service::" ;;
     *) echo "--lib --test=it |" ;;
