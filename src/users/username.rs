@@ -217,6 +217,42 @@ pub(crate) async fn free_usernames(
 mod tests {
     use super::*;
 
+    /// Only a unique violation names the constraint the retries decide by: a check violation
+    /// names its constraint too, and is not one. Real errors, from PostgreSQL (`DATABASE_URL`, as
+    /// every test has it).
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // fixed statements that must fail, as in tests/it
+    async fn only_unique_violations_name_their_constraint() {
+        use sqlx::{Connection, Executor};
+        let url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL: this test needs PostgreSQL's own errors (make test sets it)");
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        conn.execute(
+            "CREATE TEMP TABLE t (a int CONSTRAINT t_a_unique UNIQUE, \
+                                  b int CONSTRAINT t_b_positive CHECK (b > 0))",
+        )
+        .await
+        .unwrap();
+        conn.execute("INSERT INTO t (a) VALUES (1)").await.unwrap();
+        let unique = conn
+            .execute("INSERT INTO t (a) VALUES (1)")
+            .await
+            .unwrap_err();
+        let check = conn
+            .execute("INSERT INTO t (b) VALUES (0)")
+            .await
+            .unwrap_err();
+        assert_eq!(unique_violation(&unique), Some("t_a_unique"), "{unique:?}");
+        let named = check.as_database_error().and_then(|db| db.constraint());
+        assert_eq!(
+            named,
+            Some("t_b_positive"),
+            "the check names its constraint"
+        );
+        assert_eq!(unique_violation(&check), None, "{check:?}");
+        assert_eq!(unique_violation(&sqlx::Error::RowNotFound), None);
+    }
+
     /// A concurrent first sign-in of the same identity can collide on the e-mail index before its
     /// row is visible: the first such collision is retried (the retry finds the row by identity),
     /// only a second one is `EmailTaken`; a username collision moves to the next name; anything
