@@ -34,6 +34,26 @@ async fn usernames_collide_into_suffixes(pool: PgPool) {
     assert_eq!(d.username, format!("{}_2", "x".repeat(48)));
 }
 
+/// The suffix is the smallest free one, however many are taken: the search widens its window
+/// round by round (1, 2, 4, … candidates) without skipping any. Here `ada` to `ada_7` are taken,
+/// which takes three rounds, and `ada_8` is free.
+#[sqlx::test]
+async fn the_suffix_is_the_smallest_free_one(pool: PgPool) {
+    legacy_user(&pool, "ada", "ada@old.example").await;
+    for n in 2..=7 {
+        legacy_user(&pool, &format!("ada_{n}"), &format!("ada{n}@old.example")).await;
+    }
+    // Free beyond the gap too: a search that skipped would find one of these.
+    for n in 9..=20 {
+        legacy_user(&pool, &format!("ada_{n}"), &format!("ada{n}@old.example")).await;
+    }
+    let user = sign_in(&pool, &profile("clerk", "1", "ada@example.com"))
+        .await
+        .unwrap()
+        .user;
+    assert_eq!(user.username, "ada_8");
+}
+
 #[sqlx::test]
 async fn username_exhaustion_is_a_typed_error(pool: PgPool) {
     // Make every username look taken: the database answers each insert with the violation that a
