@@ -1,5 +1,5 @@
-//! What the replica serves and when: a fresh replica, replicas in turn, lag over the bound,
-//! read-your-writes under concurrency, no replicas, a write dropped mid-statement.
+//! What the replica serves and when: a fresh replica, replicas in turn, primary-only handles, lag
+//! over the bound, read-your-writes under concurrency, no replicas, a write dropped mid-statement.
 use super::*;
 
 #[sqlx::test]
@@ -120,6 +120,41 @@ async fn lookups_take_the_fresh_replicas_in_turn(primary: PgPool) {
     // In turn: 20 each when both stay fresh throughout; at least a quarter each, whatever a
     // check late on a busy host sends to the primary meanwhile.
     assert!(served.iter().all(|&n| n >= 10), "{served:?} {stats:?}");
+}
+
+/// A primary-only handle sends every look-up to the primary while the replica serves the others,
+/// and its sessions stay primary-only.
+#[sqlx::test]
+async fn a_primary_only_handle_never_asks_the_replica(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let db = routed(&primary, &options).await;
+    let identities = users(&db, 1, "primaryonly").await;
+    let reader = db.session();
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+    let strict = reader.primary_only();
+    for handle in [strict.clone(), strict.session()] {
+        let start = handle.stats();
+        for _ in 0..10 {
+            answers(&handle, &identities[0]).await;
+        }
+        let stats = handle.stats();
+        assert_eq!(stats.replicas[0], start.replicas[0], "{stats:?}");
+        assert_eq!(
+            stats.primary_because.primary_only - start.primary_because.primary_only,
+            10,
+            "{stats:?}"
+        );
+    }
+    // The handle it came from still reads from the replica.
+    until_replica_serves(&reader, Duration::from_secs(10)).await;
+    let before = reader.stats().replicas[0];
+    driving_lookups_until(
+        &reader,
+        Duration::from_secs(10),
+        "the replica serves again",
+        |db| db.stats().replicas[0] > before,
+    )
+    .await;
 }
 
 #[sqlx::test]
