@@ -288,9 +288,27 @@ async fn a_new_user_without_an_address_is_not_created_and_bad_payloads_are_typed
         T0,
     );
     assert_eq!(
-        apply_event(&pool, &no_email).await.unwrap().outcome,
-        Outcome::NoVerifiedEmail
+        apply_event(&pool, &no_email).await.unwrap(),
+        Applied {
+            outcome: Outcome::NoVerifiedEmail,
+            role_note: None
+        }
     );
+    // Not created either way, but an invalid role is still named: the note belongs to the record.
+    let no_email_bad_role = event(
+        "user.created",
+        clerk_user(
+            "user_y",
+            "y@example.com",
+            T0,
+            json!({"email_addresses": [], "primary_email_address_id": null,
+                   "public_metadata": {"role": "owner"}}),
+        ),
+        T0,
+    );
+    let applied = apply_event(&pool, &no_email_bad_role).await.unwrap();
+    assert_eq!(applied.outcome, Outcome::NoVerifiedEmail);
+    assert!(applied.role_note.is_some(), "{applied:?}");
     let malformed = event("user.updated", json!({"id": "user_x"}), T0);
     let err = apply_event(&pool, &malformed).await.unwrap_err();
     assert!(
