@@ -1,5 +1,6 @@
 //! What the replica serves and when: a fresh replica, replicas in turn, primary-only handles, lag
-//! over the bound, read-your-writes under concurrency, no replicas, a write dropped mid-statement.
+//! over the bound, read-your-writes under concurrency, a write's position known at once, no
+//! replicas, a write dropped mid-statement.
 use super::*;
 
 #[sqlx::test]
@@ -155,6 +156,31 @@ async fn a_primary_only_handle_never_asks_the_replica(primary: PgPool) {
         |db| db.stats().replicas[0] > before,
     )
     .await;
+}
+
+/// A write's position is read right after it, on its own connection: known at once, not at the
+/// next check (an hour away here), so the session's next look-up is not sent to the primary for
+/// want of it.
+#[sqlx::test]
+async fn a_writes_position_is_known_at_once(primary: PgPool) {
+    let (_turn, options) = take_standby(&primary).await;
+    let db = Db::builder(primary_options(&primary))
+        .replicas([options.clone()])
+        .check_interval(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    let reader = db.session();
+    until_replica_serves(&reader, Duration::from_secs(20)).await;
+    assert_eq!(reader.last_write(), None);
+    let identities = users(&reader, 1, "settled").await;
+    let written = reader
+        .last_write()
+        .expect("the write's position, known at once");
+    assert!(written.0 > 0);
+    answers(&reader, &identities[0]).await;
+    let stats = reader.stats();
+    assert_eq!(stats.primary_because.write_position_unknown, 0, "{stats:?}");
 }
 
 #[sqlx::test]
