@@ -355,7 +355,10 @@ async fn without_replicas_everything_is_the_primarys(primary: PgPool) {
 
 /// A write whose caller goes away mid-statement (its future dropped) commits after the drop: every
 /// read of the session after the commit sees it, though the standby applies 300 ms late; and the
-/// unknown position does not pin the session to the primary: the replica serves it again.
+/// unknown position does not pin the session to the primary: the replica serves it again. The
+/// commit lands 1.5 s after the call, past `statement_timeout` (2 s) less a second: a session that
+/// trusted the primary's samples from then on (and not only after the statement timeout and a
+/// margin) would read the standby before it holds the write.
 #[sqlx::test]
 async fn a_write_dropped_mid_statement_is_read_back(primary: PgPool) {
     let (_turn, options) = take_standby(&primary).await;
@@ -371,7 +374,7 @@ async fn a_write_dropped_mid_statement_is_read_back(primary: PgPool) {
     let user = db.find_by_identity(&identity).await.unwrap().unwrap();
     sqlx::query(
         "CREATE FUNCTION slow_role() RETURNS trigger LANGUAGE plpgsql
-         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$",
+         AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$",
     )
     .execute(&primary)
     .await
