@@ -26,9 +26,20 @@ async fn paused_stopped_and_restarted_replicas(primary: PgPool) {
     )
     .await;
     println!("paused replica out after {:?}", paused.elapsed());
+    let before = reader.stats().primary_because;
     for identity in &identities {
         answers(&reader, identity).await;
     }
+    // Counted as a replica out (unhealthy), not as one well but behind (stale).
+    let after = reader.stats().primary_because;
+    assert_eq!(
+        (
+            after.unhealthy - before.unhealthy,
+            after.stale - before.stale
+        ),
+        (identities.len() as u64, 0),
+        "{after:?}"
+    );
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&mut admin)
         .await
