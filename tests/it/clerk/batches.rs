@@ -1,5 +1,5 @@
 //! Batches and backfills: valid and rejected records, updates like single events, ten thousand users,
-//! a failing insert falling back to one by one, taken usernames.
+//! a failing insert or update falling back to one by one (and only what must), taken usernames.
 use super::*;
 
 #[sqlx::test]
@@ -249,6 +249,106 @@ async fn a_batch_whose_insert_fails_falls_back_to_one_by_one(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(subs, ["user_1", "user_3", "user_4", "user_5"]);
+}
+
+/// Twenty stored users, `user_1` to `user_20` (`u{i}@example.com`), and a batch updating each of
+/// them (a new address at `T0 + 10`), `user_5`'s to `held@example.com`, which a user outside
+/// Clerk holds.
+async fn twenty_updates_one_taking_a_held_address(pool: &PgPool) -> Vec<(usize, ClerkUser)> {
+    sqlx::query("INSERT INTO users (username, email) VALUES ('holder', 'held@example.com')")
+        .execute(pool)
+        .await
+        .unwrap();
+    let stored = users(
+        (1..=20)
+            .map(|i| {
+                clerk_user(
+                    &format!("user_{i}"),
+                    &format!("u{i}@example.com"),
+                    T0,
+                    json!({}),
+                )
+            })
+            .collect(),
+    );
+    assert_eq!(apply_batch(pool, &stored).await.unwrap().created, 20);
+    users(
+        (1..=20)
+            .map(|i| {
+                let email = if i == 5 {
+                    "held@example.com".to_owned()
+                } else {
+                    format!("u{i}@new.example")
+                };
+                clerk_user(&format!("user_{i}"), &email, T0 + 10, json!({}))
+            })
+            .collect(),
+    )
+}
+
+/// An update batch where one record takes an address another user holds: that record is
+/// rejected, and the others are still updated together, in one statement (the holders are looked
+/// up once the bulk statement fails, and only the records they hold go one by one). Counted by a
+/// statement trigger: `UPDATE` statements on `users` that succeeded.
+#[sqlx::test]
+#[allow(clippy::disallowed_methods)]
+async fn an_update_batch_with_a_held_address_updates_the_rest_together(pool: PgPool) {
+    let batch = twenty_updates_one_taking_a_held_address(&pool).await;
+    sqlx::Executor::execute(
+        &pool,
+        "CREATE TABLE update_statements (at timestamptz DEFAULT clock_timestamp());
+         CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO update_statements DEFAULT VALUES; RETURN NULL; END $$;
+         CREATE TRIGGER count_update AFTER UPDATE ON users
+           FOR EACH STATEMENT EXECUTE FUNCTION count_update();",
+    )
+    .await
+    .unwrap();
+    let report = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!(report.updated, 19, "{report:?}");
+    let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
+    assert_eq!(rejected, [5], "{report:?}");
+    let statements: i64 = sqlx::query_scalar("SELECT count(*) FROM update_statements")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        statements <= 2,
+        "{statements} UPDATE statements for 19 updates"
+    );
+}
+
+/// A unique violation that no held address explains (here a trigger refuses `user_7`'s update as
+/// if another writer had just taken its address): after one look-up of the holders, the bulk
+/// statement is not retried for ever; the records go one by one and only `user_7`'s fails.
+#[sqlx::test]
+#[allow(clippy::disallowed_methods)]
+async fn an_update_batch_refused_without_a_holder_falls_back_to_one_by_one(pool: PgPool) {
+    let batch = twenty_updates_one_taking_a_held_address(&pool).await;
+    sqlx::Executor::execute(&pool,
+        r#"CREATE FUNCTION refuse_user_7() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.identity_sub = 'user_7' THEN
+                   RAISE unique_violation USING CONSTRAINT = 'users_email_unique',
+                                                MESSAGE = 'duplicate key value violates unique constraint';
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse_user_7 BEFORE UPDATE ON users FOR EACH ROW
+             EXECUTE FUNCTION refuse_user_7();"#,
+    )
+    .await
+    .unwrap();
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        apply_batch(&pool, &batch),
+    )
+    .await
+    .expect("the batch ended")
+    .unwrap();
+    assert_eq!(report.updated, 18, "{report:?}");
+    let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
+    assert_eq!(rejected, [5, 7], "{report:?}");
 }
 
 /// New users whose address gives a username already taken (by a stored user, or by an earlier record
