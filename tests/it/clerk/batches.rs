@@ -318,6 +318,49 @@ async fn an_update_batch_with_a_held_address_updates_the_rest_together(pool: PgP
     );
 }
 
+/// The same for new users: a batch of twenty where `user_5`'s address is held by a user outside
+/// Clerk; the others are inserted together, in one statement. Counted by a statement trigger:
+/// `INSERT` statements on `users` that succeeded.
+#[sqlx::test]
+#[allow(clippy::disallowed_methods)]
+async fn an_insert_batch_with_a_held_address_inserts_the_rest_together(pool: PgPool) {
+    sqlx::Executor::execute(
+        &pool,
+        "INSERT INTO users (username, email) VALUES ('holder', 'held@example.com');
+         CREATE TABLE insert_statements (at timestamptz DEFAULT clock_timestamp());
+         CREATE FUNCTION count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO insert_statements DEFAULT VALUES; RETURN NULL; END $$;
+         CREATE TRIGGER count_insert AFTER INSERT ON users
+           FOR EACH STATEMENT EXECUTE FUNCTION count_insert();",
+    )
+    .await
+    .unwrap();
+    let batch = users(
+        (1..=20)
+            .map(|i| {
+                let email = if i == 5 {
+                    "held@example.com".to_owned()
+                } else {
+                    format!("u{i}@example.com")
+                };
+                clerk_user(&format!("user_{i}"), &email, T0, json!({}))
+            })
+            .collect(),
+    );
+    let report = apply_batch(&pool, &batch).await.unwrap();
+    assert_eq!(report.created, 19, "{report:?}");
+    let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
+    assert_eq!(rejected, [5], "{report:?}");
+    let statements: i64 = sqlx::query_scalar("SELECT count(*) FROM insert_statements")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        statements <= 2,
+        "{statements} INSERT statements for 19 users"
+    );
+}
+
 /// A unique violation that no held address explains (here a trigger refuses `user_7`'s update as
 /// if another writer had just taken its address): after one look-up of the holders, the bulk
 /// statement is not retried for ever; the records go one by one and only `user_7`'s fails.
