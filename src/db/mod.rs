@@ -822,7 +822,7 @@ impl Db {
 
     /// The replica to ask, or why none: for one that is fresh but not yet known to hold this
     /// handle's writes, its replay position is read now (again while the wait lasts, by one probe
-    /// task per replica), and the look-up waits for it up to [`Shared::catch_up`]: about one round
+    /// task per replica), and the look-up waits for it up to [`catch_up`]: about one round
     /// trip of the primary's, what asking the primary instead would cost.
     async fn choose(&self) -> Result<&Replica, Reason> {
         match self.pick() {
@@ -835,7 +835,8 @@ impl Db {
                 tokio::pin!(probed);
                 probed.as_mut().enable();
                 routing::probe(shared, index, required);
-                let _ = tokio::time::timeout(shared.catch_up(), probed).await;
+                let wait = catch_up(shared.primary_latency.typical(), shared.replica_patience());
+                let _ = tokio::time::timeout(wait, probed).await;
                 if shared.is_fresh(replica, required) {
                     Ok(replica)
                 } else {
@@ -866,6 +867,18 @@ const CATCH_UP: Duration = Duration::from_millis(2);
 /// A replica may take this many of the primary's round trips (their recent high; when that is more
 /// than the configured replica timeout) before the primary answers instead.
 const PATIENCE_ROUND_TRIPS: u32 = 4;
+
+/// How long a look-up waits for a replica before the primary answers it: `replica_timeout`, or
+/// [`PATIENCE_ROUND_TRIPS`] of the primary's recent high round trip when that is longer.
+fn patience(replica_timeout: Duration, high: Duration) -> Duration {
+    replica_timeout.max(high * PATIENCE_ROUND_TRIPS)
+}
+
+/// How long a look-up waits for a replica to replay the handle's last write: about one of the
+/// primary's `typical` round trips, at least [`CATCH_UP`], at most the `patience`.
+pub(crate) fn catch_up(typical: Duration, patience: Duration) -> Duration {
+    typical.clamp(CATCH_UP, patience.max(CATCH_UP))
+}
 
 /// Where a look-up goes.
 enum Pick<'a> {
@@ -936,17 +949,8 @@ impl Shared {
 
     /// How long a look-up waits for a replica before the primary answers it: the configured
     /// replica timeout, or a few of the primary's recent round trips when that is longer.
-    fn replica_patience(&self) -> Duration {
-        self.replica_timeout
-            .max(self.primary_latency.high() * PATIENCE_ROUND_TRIPS)
-    }
-
-    /// How long a look-up waits for a replica to replay the handle's last write: about one of the
-    /// primary's typical round trips (at least [`CATCH_UP`], at most the replica patience).
-    fn catch_up(&self) -> Duration {
-        self.primary_latency
-            .typical()
-            .clamp(CATCH_UP, self.replica_patience().max(CATCH_UP))
+    pub(crate) fn replica_patience(&self) -> Duration {
+        patience(self.replica_timeout, self.primary_latency.high())
     }
 
     fn is_fresh(&self, replica: &Replica, required: u64) -> bool {
@@ -958,5 +962,32 @@ impl Shared {
             replica.replayed.load(Ordering::Acquire),
             required,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A replica may take the configured timeout, or 4 of the primary's recent high round trips
+    /// when that is longer (a saturated host, where a replica as slow as the primary is no worse).
+    #[test]
+    fn the_patience_grows_with_the_primarys_round_trips() {
+        assert_eq!(patience(250 * MS, Duration::ZERO), 250 * MS);
+        assert_eq!(patience(250 * MS, 62 * MS), 250 * MS);
+        assert_eq!(patience(250 * MS, 100 * MS), 400 * MS);
+        assert_eq!(patience(10 * MS, 3 * MS), 12 * MS);
+    }
+
+    /// The catch-up wait is about one of the primary's typical round trips, at least
+    /// [`CATCH_UP`] and at most the patience (but never below [`CATCH_UP`]).
+    #[test]
+    fn the_catch_up_wait_is_one_round_trip_within_bounds() {
+        assert_eq!(catch_up(Duration::ZERO, 250 * MS), CATCH_UP);
+        assert_eq!(catch_up(5 * MS, 250 * MS), 5 * MS);
+        assert_eq!(catch_up(Duration::from_secs(2), 250 * MS), 250 * MS);
+        assert_eq!(catch_up(5 * MS, Duration::ZERO), CATCH_UP);
     }
 }

@@ -284,7 +284,8 @@ pub(crate) fn probe(shared: &Arc<Shared>, index: usize, required: u64) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let replica = &shared.replicas[index];
-        let window = ProbeWindow::from(tokio::time::Instant::now(), shared.catch_up());
+        let wait = super::catch_up(shared.primary_latency.typical(), shared.replica_patience());
+        let window = ProbeWindow::from(tokio::time::Instant::now(), wait);
         let deadline = window.deadline;
         loop {
             let read = async {
