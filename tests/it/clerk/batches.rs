@@ -368,7 +368,8 @@ async fn an_insert_batch_with_a_held_address_inserts_the_rest_together(pool: PgP
 /// A unique violation that no held address explains (here a trigger refuses `user_7`'s update as
 /// if another writer had just taken its address): after one look-up of the holders, the bulk
 /// statement is not retried for ever; the records go one by one and only `user_7`'s fails (and
-/// `user_8`'s, older than what is stored, changes nothing, one by one too).
+/// `user_8`'s, older than what is stored, changes nothing, one by one too). `user_9`'s is refused
+/// by a unique violation of another constraint: rejected, but not as an address already used.
 #[sqlx::test]
 #[allow(clippy::disallowed_methods)]
 async fn an_update_batch_refused_without_a_holder_falls_back_to_one_by_one(pool: PgPool) {
@@ -378,6 +379,10 @@ async fn an_update_batch_refused_without_a_holder_falls_back_to_one_by_one(pool:
            BEGIN
                IF NEW.identity_sub = 'user_7' THEN
                    RAISE unique_violation USING CONSTRAINT = 'users_email_unique',
+                                                MESSAGE = 'duplicate key value violates unique constraint';
+               END IF;
+               IF NEW.identity_sub = 'user_9' THEN
+                   RAISE unique_violation USING CONSTRAINT = 'some_other_unique',
                                                 MESSAGE = 'duplicate key value violates unique constraint';
                END IF;
                RETURN NEW;
@@ -394,9 +399,20 @@ async fn an_update_batch_refused_without_a_holder_falls_back_to_one_by_one(pool:
     .await
     .expect("the batch ended")
     .unwrap();
-    assert_eq!((report.updated, report.unchanged), (17, 1), "{report:?}");
+    assert_eq!((report.updated, report.unchanged), (16, 1), "{report:?}");
     let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
-    assert_eq!(rejected, [5, 7], "{report:?}");
+    assert_eq!(rejected, [5, 7, 9], "{report:?}");
+    // Only a violation of the e-mail index is "already used"; another names what the database said.
+    let taken = |i: usize| {
+        report.rejected[i]
+            .reason
+            .contains("already used by another user")
+    };
+    assert_eq!(
+        (taken(0), taken(1), taken(2)),
+        (true, true, false),
+        "{report:?}"
+    );
 }
 
 /// New users whose address gives a username already taken (by a stored user, or by an earlier record
