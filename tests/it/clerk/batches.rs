@@ -328,17 +328,11 @@ async fn an_update_batch_with_a_held_address_updates_the_rest_together(pool: PgP
 #[sqlx::test]
 #[allow(clippy::disallowed_methods)]
 async fn an_insert_batch_with_a_held_address_inserts_the_rest_together(pool: PgPool) {
-    sqlx::Executor::execute(
-        &pool,
-        "INSERT INTO users (username, email) VALUES ('holder', 'held@example.com');
-         CREATE TABLE insert_statements (at timestamptz DEFAULT clock_timestamp());
-         CREATE FUNCTION count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO insert_statements DEFAULT VALUES; RETURN NULL; END $$;
-         CREATE TRIGGER count_insert AFTER INSERT ON users
-           FOR EACH STATEMENT EXECUTE FUNCTION count_insert();",
-    )
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO users (username, email) VALUES ('holder', 'held@example.com')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    count_inserts(&pool).await;
     let batch = users(
         (1..=20)
             .map(|i| {
@@ -355,10 +349,7 @@ async fn an_insert_batch_with_a_held_address_inserts_the_rest_together(pool: PgP
     assert_eq!(report.created, 19, "{report:?}");
     let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
     assert_eq!(rejected, [5], "{report:?}");
-    let statements: i64 = sqlx::query_scalar("SELECT count(*) FROM insert_statements")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let statements = inserts_counted(&pool).await;
     assert!(
         statements <= 2,
         "{statements} INSERT statements for 19 users"
@@ -423,6 +414,7 @@ async fn a_batch_gives_taken_usernames_the_next_free_ones(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
+    count_inserts(&pool).await;
     let batch = users(vec![
         clerk_user("user_a", "ada@one.example", T0, json!({})),
         clerk_user("user_b", "grace@example.com", T0, json!({})),
@@ -436,4 +428,31 @@ async fn a_batch_gives_taken_usernames_the_next_free_ones(pool: PgPool) {
         names.push(stored(&pool, sub).await.username);
     }
     assert_eq!(names, ["ada_2", "grace", "ada_4", "grace_2"]);
+    // In bulk: the usernames the addresses give first (grace goes in), then the free ones looked up
+    // for the rest (ada_2, ada_4, grace_2 together), not one by one.
+    let statements = inserts_counted(&pool).await;
+    assert_eq!(statements, 2, "{statements} INSERT statements for 4 users");
+}
+
+/// From now on, successful `INSERT` statements on `users` are counted (a statement trigger):
+/// [`inserts_counted`] reads the count.
+#[allow(clippy::disallowed_methods)]
+async fn count_inserts(pool: &PgPool) {
+    sqlx::Executor::execute(
+        pool,
+        "CREATE TABLE insert_statements (at timestamptz DEFAULT clock_timestamp());
+         CREATE FUNCTION count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO insert_statements DEFAULT VALUES; RETURN NULL; END $$;
+         CREATE TRIGGER count_insert AFTER INSERT ON users
+           FOR EACH STATEMENT EXECUTE FUNCTION count_insert();",
+    )
+    .await
+    .unwrap();
+}
+
+async fn inserts_counted(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM insert_statements")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
