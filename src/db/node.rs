@@ -25,111 +25,54 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-/// What a queued caller receives: its answer, or word that the statement carrying its look-up
-/// was lost with a caller that went away mid-statement ([`Lost`]).
-type Reply = Result<Answer, Lost>;
-
-/// The statement carrying a look-up was lost: the look-up is queued again.
-struct Lost;
-
 /// Look-ups waiting for a statement, and the callers sending them.
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Pending>,
-    /// Places for callers sending queued look-ups, taken or handed on (at most the node's
-    /// `lookup_size`).
+    /// Callers now sending queued look-ups (at most the node's `lookup_size`).
     combiners: usize,
-    /// Of those, places handed on by a combiner whose own look-up was answered, for the next
-    /// caller to take (a queued caller woken by [`Node::baton`], or the next to queue).
-    batons: usize,
     /// The node is closed: nothing more is queued.
     closed: bool,
 }
 
-/// A caller sending queued look-ups until none is left, or until its own look-up is answered: it
-/// then hands its place on to a caller still waiting (a baton), so that no caller waits past its
-/// own answer sending others' look-ups (under a steady stream of look-ups the queue may never be
-/// empty). Dropped before it is done (its caller went away), it gives up its place and hands
-/// every queued look-up back to its caller, which queues it again: nothing waits for a combiner
-/// that is gone.
+/// A caller sending queued look-ups until none is left. Dropped before it is done (its caller went
+/// away), it gives up its place and hands every queued look-up back to its caller, which queues it
+/// again: nothing waits for a combiner that is gone.
 struct Combiner<'a> {
     node: &'a Node,
     done: bool,
 }
 
-impl Queue {
-    /// Whether a caller that has just queued a look-up sends the queue: a place handed on first,
-    /// else a free one.
-    fn take_place(&mut self, lookup_size: usize) -> bool {
-        self.take_baton()
-            || (self.combiners < lookup_size && {
-                self.combiners += 1;
-                true
-            })
-    }
-
-    /// Whether a caller takes a place handed on.
-    fn take_baton(&mut self) -> bool {
-        self.batons > 0 && {
-            self.batons -= 1;
-            true
-        }
-    }
-}
-
 impl<'a> Combiner<'a> {
-    /// Sends queued look-ups; returns its caller's answer once that came (`None`: its place was
-    /// given up with the queue empty before it came, or the queue failed: the caller waits for it).
-    async fn run(&mut self, answer: &mut oneshot::Receiver<Answer>) -> Option<Reply> {
+    async fn run(&mut self) {
         let node = self.node;
-        if let Some(reply) = self.answered(answer) {
-            return Some(reply);
-        }
         // While calls arrive together, let the tasks that are ready run first (one pass of the
         // scheduler, no timer), so that calls made at the same moment share the statement.
         if node.busy.load(Ordering::Relaxed) {
             tokio::task::yield_now().await;
         }
-        let mut lease = self.lease().await?;
+        let Some(mut lease) = self.lease().await else {
+            return;
+        };
         loop {
             if !lease.usable() {
                 // The connection broke: carry on with another one.
                 drop(lease);
-                lease = self.lease().await?;
+                let Some(next) = self.lease().await else {
+                    return;
+                };
+                lease = next;
             }
             let batch = node.next_batch();
             if batch.is_empty() {
                 self.done = true;
-                return None;
+                return;
             }
             node.send(&mut lease, batch).await;
-            if let Some(reply) = self.answered(answer) {
-                return Some(reply);
-            }
             // The callers it answered come back with their next look-ups: let them queue first
             // (one pass of the scheduler), or the next statement carries one.
             tokio::task::yield_now().await;
         }
-    }
-
-    /// Its caller's answer, if it has come: the combiner is then done, its place handed on to the
-    /// callers still queued (or given up when none is).
-    fn answered(&mut self, answer: &mut oneshot::Receiver<Answer>) -> Option<Reply> {
-        let reply = match answer.try_recv() {
-            Err(oneshot::error::TryRecvError::Empty) => return None,
-            Ok(answer) => Ok(answer),
-            Err(oneshot::error::TryRecvError::Closed) => Err(Lost),
-        };
-        let node = self.node;
-        let mut queue = node.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.pending.is_empty() {
-            queue.combiners -= 1;
-        } else {
-            queue.batons += 1;
-            node.baton.notify_one();
-        }
-        self.done = true;
-        Some(reply)
     }
 
     /// A connection to send on; without one, this combiner is done and the queued look-ups (its
@@ -190,8 +133,6 @@ pub(crate) struct Node {
     /// Whether the last batch carried more than one look-up (calls are arriving together).
     busy: std::sync::atomic::AtomicBool,
     queue: std::sync::Mutex<Queue>,
-    /// Woken (one queued caller, or the next to wait) when a combiner hands its place on.
-    baton: tokio::sync::Notify,
     /// Identity look-ups being answered now (callers inside [`Node::find_by_identity`]).
     lookups_in_flight: AtomicUsize,
     /// While at most this many look-ups are in flight, each runs alone on a connection of its own.
@@ -408,7 +349,6 @@ impl Node {
             lookup_size,
             busy: std::sync::atomic::AtomicBool::new(false),
             queue: std::sync::Mutex::new(Queue::default()),
-            baton: tokio::sync::Notify::new(),
             size,
             max_batch: max_batch.max(1),
             statement_timeout,
@@ -536,8 +476,7 @@ impl Node {
 
     /// An identity look-up. While few are in flight, each runs alone on a connection of its own;
     /// beyond that they queue, and up to `lookup_size` callers at a time (combiners) send whatever
-    /// is queued, `max_batch` a statement, until the queue is empty or their own look-up is
-    /// answered (their place then goes to a caller still queued). Every answer comes from a
+    /// is queued, `max_batch` a statement, until the queue is empty. Every answer comes from a
     /// statement sent after the call was made: nothing is cached.
     pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
         let in_flight = InFlight::enter(&self.lookups_in_flight);
@@ -549,9 +488,9 @@ impl Node {
         }
         // A statement that carried this look-up can be lost with a caller that went away
         // mid-statement; the look-up is then queued again (a few times at most).
-        'queued: for _ in 0..3 {
-            let (reply, mut answer) = oneshot::channel();
-            let mut combine = {
+        for _ in 0..3 {
+            let (reply, answer) = oneshot::channel();
+            let combine = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if queue.closed {
                     return Err(Error::Database(sqlx::Error::PoolClosed));
@@ -560,34 +499,22 @@ impl Node {
                     identity: identity.clone(),
                     reply,
                 });
-                queue.take_place(self.lookup_size)
-            };
-            loop {
-                let reply = if combine {
-                    let mut combiner = Combiner {
-                        node: self,
-                        done: false,
-                    };
-                    combiner.run(&mut answer).await
-                } else {
-                    // Its answer, or a place handed on (then it sends the queued look-ups).
-                    tokio::select! {
-                        biased;
-                        answer = &mut answer => Some(answer.map_err(|_| Lost)),
-                        () = self.baton.notified() => None,
-                    }
-                };
-                match reply {
-                    Some(Ok(answer)) => return answer,
-                    Some(Err(Lost)) => continue 'queued, // its statement was dropped: again
-                    None => {
-                        combine = self
-                            .queue
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .take_baton();
-                    }
+                let combine = queue.combiners < self.lookup_size;
+                if combine {
+                    queue.combiners += 1;
                 }
+                combine
+            };
+            if combine {
+                let mut combiner = Combiner {
+                    node: self,
+                    done: false,
+                };
+                combiner.run().await;
+            }
+            match answer.await {
+                Ok(answer) => return answer,
+                Err(_) => continue, // its statement was dropped: send it again
             }
         }
         Err(Error::Lookup(Arc::new(sqlx::Error::WorkerCrashed)))
