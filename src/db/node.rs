@@ -25,88 +25,15 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-/// Look-ups waiting for a statement, and the callers sending them.
+/// Look-ups waiting for a statement, and how many sender tasks are sending them.
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Pending>,
-    /// Callers now sending queued look-ups (at most the node's `lookup_size`).
-    combiners: usize,
+    /// Sender tasks running (at most the node's `lookup_size`): each sends the queued look-ups,
+    /// one statement at a time, until none is left.
+    senders: usize,
     /// The node is closed: nothing more is queued.
     closed: bool,
-}
-
-/// A caller sending queued look-ups until none is left. Dropped before it is done (its caller went
-/// away), it gives up its place and hands every queued look-up back to its caller, which queues it
-/// again: nothing waits for a combiner that is gone.
-struct Combiner<'a> {
-    node: &'a Node,
-    done: bool,
-}
-
-impl<'a> Combiner<'a> {
-    async fn run(&mut self) {
-        let node = self.node;
-        // While calls arrive together, let the tasks that are ready run first (one pass of the
-        // scheduler, no timer), so that calls made at the same moment share the statement.
-        if node.busy.load(Ordering::Relaxed) {
-            tokio::task::yield_now().await;
-        }
-        let Some(mut lease) = self.lease().await else {
-            return;
-        };
-        loop {
-            if !lease.usable() {
-                // The connection broke: carry on with another one.
-                drop(lease);
-                let Some(next) = self.lease().await else {
-                    return;
-                };
-                lease = next;
-            }
-            let batch = node.next_batch();
-            if batch.is_empty() {
-                self.done = true;
-                return;
-            }
-            node.send(&mut lease, batch).await;
-            // The callers it answered come back with their next look-ups: let them queue first
-            // (one pass of the scheduler), or the next statement carries one.
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// A connection to send on; without one, this combiner is done and the queued look-ups (its
-    /// own among them) fail with the reason.
-    async fn lease(&mut self) -> Option<Lease<'a>> {
-        match self.node.lease().await {
-            Ok(lease) => Some(lease),
-            Err(e) => {
-                self.node
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .combiners -= 1;
-                self.done = true;
-                self.node.fail_pending(&e);
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Combiner<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let handed_back: Vec<Pending> = {
-            let mut queue = self.node.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.combiners -= 1;
-            queue.pending.drain(..).collect()
-        };
-        // Dropping their senders tells each waiting caller to queue its look-up again.
-        drop(handed_back);
-    }
 }
 
 /// Counters of one server's calls, for [`RoutingStats`](super::RoutingStats) and the benchmark.
@@ -119,9 +46,22 @@ pub(crate) struct Counts {
 }
 
 /// A server's held connections. At most `size` calls run at once. Identity look-ups run alone while
-/// few are in flight; past that they queue, and up to `lookup_size` of their callers send every
-/// queued look-up (up to `max_batch` a statement) in one statement.
-pub(crate) struct Node {
+/// few are in flight; past that they queue, and up to `lookup_size` sender tasks send the queued
+/// look-ups (up to `max_batch` a statement) as soon as each has a connection.
+///
+/// The handle's part is shared with the sender tasks ([`NodeInner`]); dropping the handle closes it.
+pub(crate) struct Node(Arc<NodeInner>);
+
+impl std::ops::Deref for Node {
+    type Target = NodeInner;
+
+    fn deref(&self) -> &NodeInner {
+        &self.0
+    }
+}
+
+/// A [`Node`]'s state, shared by the handle and its sender tasks.
+pub(crate) struct NodeInner {
     /// How to open a connection, shared with the tasks that open them.
     opener: Arc<Opener>,
     /// Its connections, shared with the tasks that open them (a connection whose caller went away
@@ -222,8 +162,11 @@ impl Opener {
 
 impl Drop for Node {
     /// Closes its idle connections now: the tasks still opening connections share the set, and
-    /// would otherwise keep them open until their connects end (up to the connect timeout).
+    /// would otherwise keep them open until their connects end (up to the connect timeout). A
+    /// sender task still running closes its connection when its statement ends.
     fn drop(&mut self) {
+        self.turns.close();
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.conns
             .idle
             .lock()
@@ -237,7 +180,7 @@ impl Drop for Node {
 /// connection up (the socket closes; the server ends the session and rolls back what it had open),
 /// and the next call opens a new one.
 pub(crate) struct Lease<'a> {
-    node: &'a Node,
+    node: &'a NodeInner,
     conn: Option<PgConnection>,
     /// No statement is running on it, and none broke it.
     reusable: bool,
@@ -331,7 +274,7 @@ impl Node {
         // single statements keep 8 server backends busy and starve the writes beside them (a
         // sign-in every 20 ms managed 14-31 in 3 s instead of 100, replicas_stay_useful_under_writes).
         let alone_up_to = (2 * lookup_size).min(size);
-        Node {
+        Node(Arc::new(NodeInner {
             lookups_in_flight: AtomicUsize::new(0),
             alone_up_to,
             opener: Arc::new(Opener {
@@ -353,6 +296,83 @@ impl Node {
             max_batch: max_batch.max(1),
             statement_timeout,
             counts: Counts::default(),
+        }))
+    }
+
+    /// An identity look-up. While few are in flight, each runs alone on a connection of its own;
+    /// beyond that they queue, and up to `lookup_size` sender tasks send whatever is queued,
+    /// `max_batch` a statement, as soon as each has a connection. The caller only waits for its
+    /// answer: it never sends the look-ups of others (a caller that did, under a steady stream,
+    /// could be held sending until its deadline, answered long before). Every answer comes from a
+    /// statement sent after the call was made: nothing is cached.
+    pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
+        let in_flight = InFlight::enter(&self.lookups_in_flight);
+        if in_flight.count <= self.alone_up_to {
+            let mut lease = self.lease().await?;
+            self.count(1);
+            let result = find_by_identity(lease.conn(), identity).await;
+            return lease.finish(result);
+        }
+        let (reply, answer) = oneshot::channel();
+        let start_sender = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.closed {
+                return Err(Error::Database(sqlx::Error::PoolClosed));
+            }
+            queue.pending.push_back(Pending {
+                identity: identity.clone(),
+                reply,
+            });
+            let start = queue.senders < self.lookup_size;
+            if start {
+                queue.senders += 1;
+            }
+            start
+        };
+        if start_sender {
+            tokio::spawn(self.0.clone().send_queued());
+        }
+        // A sender drops a reply unsent only when its task is dropped (the runtime shutting down).
+        answer
+            .await
+            .unwrap_or(Err(Error::Lookup(Arc::new(sqlx::Error::WorkerCrashed))))
+    }
+}
+
+impl NodeInner {
+    /// A sender task: sends the queued look-ups, one statement at a time on one connection, until
+    /// none is left. Its place was counted in [`Queue::senders`] by the caller that started it.
+    async fn send_queued(self: Arc<Self>) {
+        // While calls arrive together, let the tasks that are ready run first (one pass of the
+        // scheduler, no timer), so that calls made at the same moment share the statement.
+        if self.busy.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        let mut lease = None;
+        loop {
+            let mut held = match lease.take() {
+                Some(held) => held,
+                None => match self.lease().await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // No connection: the queued look-ups fail with the reason.
+                        self.queue.lock().unwrap_or_else(|e| e.into_inner()).senders -= 1;
+                        self.fail_pending(&e);
+                        return;
+                    }
+                },
+            };
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                return;
+            }
+            self.send(&mut held, batch).await;
+            if held.usable() {
+                lease = Some(held);
+            }
+            // The callers it answered come back with their next look-ups: let them queue first
+            // (one pass of the scheduler), or the next statement carries one.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -474,53 +494,7 @@ impl Node {
         self.lease_with(turn).await
     }
 
-    /// An identity look-up. While few are in flight, each runs alone on a connection of its own;
-    /// beyond that they queue, and up to `lookup_size` callers at a time (combiners) send whatever
-    /// is queued, `max_batch` a statement, until the queue is empty. Every answer comes from a
-    /// statement sent after the call was made: nothing is cached.
-    pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
-        let in_flight = InFlight::enter(&self.lookups_in_flight);
-        if in_flight.count <= self.alone_up_to {
-            let mut lease = self.lease().await?;
-            self.count(1);
-            let result = find_by_identity(lease.conn(), identity).await;
-            return lease.finish(result);
-        }
-        // A statement that carried this look-up can be lost with a caller that went away
-        // mid-statement; the look-up is then queued again (a few times at most).
-        for _ in 0..3 {
-            let (reply, answer) = oneshot::channel();
-            let combine = {
-                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if queue.closed {
-                    return Err(Error::Database(sqlx::Error::PoolClosed));
-                }
-                queue.pending.push_back(Pending {
-                    identity: identity.clone(),
-                    reply,
-                });
-                let combine = queue.combiners < self.lookup_size;
-                if combine {
-                    queue.combiners += 1;
-                }
-                combine
-            };
-            if combine {
-                let mut combiner = Combiner {
-                    node: self,
-                    done: false,
-                };
-                combiner.run().await;
-            }
-            match answer.await {
-                Ok(answer) => return answer,
-                Err(_) => continue, // its statement was dropped: send it again
-            }
-        }
-        Err(Error::Lookup(Arc::new(sqlx::Error::WorkerCrashed)))
-    }
-
-    /// The next statement's worth of queued look-ups, or none (and one combiner fewer).
+    /// The next statement's worth of queued look-ups, or none (and one sender fewer).
     fn next_batch(&self) -> Vec<Pending> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = Vec::new();
@@ -532,7 +506,7 @@ impl Node {
             }
         }
         if batch.is_empty() {
-            queue.combiners -= 1;
+            queue.senders -= 1;
         }
         batch
     }
