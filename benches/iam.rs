@@ -101,11 +101,121 @@ fn upsert_script() -> String {
     )
 }
 
-/// One measurement: a rate, and per-operation latencies in microseconds where recorded.
+/// One measurement: a rate, per-operation latencies in microseconds where recorded, and the CPU
+/// time per operation where it could be read.
 #[derive(Default)]
 struct Sample {
     rate: f64,
     latencies: Vec<u32>,
+    cpu: Option<CpuPerOp>,
+    /// The machine's steal time over the measurement, as a share of its CPU time (`/proc/stat`).
+    steal: Option<f64>,
+}
+
+/// Rounds where the machine lost more than this share of its CPU time to steal are dropped from a
+/// cell's figures (and counted in the report).
+const MAX_STEAL: f64 = 0.05;
+
+/// CPU time per operation, in microseconds: the client's (the library's process, or pgbench) and
+/// the server's (the postmaster and all its children, the backends of both sides among them).
+#[derive(Clone, Copy)]
+struct CpuPerOp {
+    client: f64,
+    server: f64,
+}
+
+/// The postmaster's process id, found from a backend's parent (`None`: the server is not on this
+/// machine, or /proc cannot be read; CPU is then not reported).
+static POSTMASTER: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+
+/// CPU times in clock ticks (`/proc/<pid>/stat`, 100 a second here): this process's own, the
+/// children it has waited for (pgbench), and the server's.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    own: u64,
+    children: u64,
+    server: u64,
+    /// The machine's (all CPUs): steal, and every state together.
+    steal: u64,
+    total: u64,
+}
+
+/// The machine's steal and total CPU ticks, from the first line of `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    Some((*ticks.get(7)?, ticks.iter().take(8).sum()))
+}
+
+/// utime, stime, cutime and cstime of a process (fields 14-17 of `/proc/<pid>/stat`), and its parent.
+fn proc_times(pid: &str) -> Option<(u32, [u64; 4])> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // `rest` starts at field 3 (state): field k is at index k - 3.
+    let parent = fields.get(1)?.parse().ok()?;
+    Some((parent, [num(11)?, num(12)?, num(13)?, num(14)?]))
+}
+
+impl CpuTicks {
+    fn now() -> Option<CpuTicks> {
+        let (_, [utime, stime, cutime, cstime]) = proc_times("self")?;
+        let postmaster = (*POSTMASTER.get()?)?;
+        // The postmaster's own time, its reaped children's (backends that ended), and each live
+        // child's.
+        let (_, [pu, ps, pcu, pcs]) = proc_times(&postmaster.to_string())?;
+        let mut server = pu + ps + pcu + pcs;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if let Some((parent, [u, s, _, _])) = proc_times(pid)
+                && parent == postmaster
+            {
+                server += u + s;
+            }
+        }
+        let (steal, total) = machine_ticks()?;
+        Some(CpuTicks {
+            own: utime + stime,
+            children: cutime + cstime,
+            server,
+            steal,
+            total,
+        })
+    }
+
+    /// Per operation, in microseconds, from `self` to `after`: the client is this process (the
+    /// library) or its waited-for children (pgbench).
+    fn per_op(self, after: CpuTicks, ops: u64, client_is_child: bool) -> Option<CpuPerOp> {
+        let us = |ticks: u64| ticks as f64 * 1e6 / 100.0 / ops.max(1) as f64;
+        let client = if client_is_child {
+            after.children.checked_sub(self.children)?
+        } else {
+            after.own.checked_sub(self.own)?
+        };
+        Some(CpuPerOp {
+            client: us(client),
+            server: us(after.server.checked_sub(self.server)?),
+        })
+    }
+
+    /// The machine's steal time from `self` to `after`, as a share of its CPU time.
+    fn steal(self, after: CpuTicks) -> Option<f64> {
+        let total = after.total.checked_sub(self.total)?;
+        Some(after.steal.checked_sub(self.steal)? as f64 / total.max(1) as f64)
+    }
 }
 
 /// A row of the report: pairs of samples.
@@ -118,6 +228,8 @@ struct Cell {
     library: Vec<Sample>,
     tool: Vec<Sample>,
     latency: bool,
+    /// Pairs dropped because the machine lost more than [`MAX_STEAL`] of its CPU to steal.
+    dropped: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -189,12 +301,17 @@ fn pgbench(
         .arg(&path);
     cmd.arg("-l")
         .arg(format!("--log-prefix={}", dir.join("log").display()));
+    let before = CpuTicks::now();
     let out = cmd
         .args(conn_args(o, DATABASE))
         .env("PGPASSWORD", PASSWORD.get().map_or("", String::as_str))
         .env("PGOPTIONS", options.unwrap_or(""))
         .output()
         .expect("run pgbench");
+    // Its backends end as it does: let the postmaster reap them (their time then counts in its
+    // children's).
+    std::thread::sleep(Duration::from_millis(100));
+    let after = CpuTicks::now();
     let text = String::from_utf8_lossy(&out.stdout);
     if std::env::var_os("BENCH_DEBUG").is_some() {
         eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -222,7 +339,32 @@ fn pgbench(
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Sample { rate, latencies }
+    let processed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split(['/', ' ']).next())
+        .and_then(|n| n.parse::<u64>().ok());
+    // pgbench's CPU covers its whole run, its connecting included (as its backends' does).
+    if std::env::var_os("BENCH_DEBUG").is_some()
+        && let (Some(b), Some(a)) = (before, after)
+    {
+        eprintln!(
+            "pgbench ticks: server {} children {} own {}",
+            a.server - b.server,
+            a.children - b.children,
+            a.own - b.own
+        );
+    }
+    let cpu = match (before, after, processed) {
+        (Some(b), Some(a), Some(n)) => b.per_op(a, n, true),
+        _ => None,
+    };
+    Sample {
+        rate,
+        latencies,
+        cpu,
+        steal: before.zip(after).and_then(|(b, a)| b.steal(a)),
+    }
 }
 
 /// Runs `op` from `clients` tasks for `seconds`; the rate and each operation's latency.
@@ -256,13 +398,23 @@ where
             })
         })
         .collect();
+    // The CPU window is the clock's: from the end of the warm-up to the last call's end.
+    tokio::time::sleep_until(started.into()).await;
+    let before = CpuTicks::now();
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.expect("a benchmark task"));
     }
+    let after = CpuTicks::now();
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) => b.per_op(a, latencies.len() as u64, false),
+        _ => None,
+    };
     Sample {
         rate: latencies.len() as f64 / started.elapsed().as_secs_f64(),
         latencies,
+        cpu,
+        steal: before.zip(after).and_then(|(b, a)| b.steal(a)),
     }
 }
 
@@ -347,6 +499,16 @@ async fn main() {
             .unwrap_or(default)
     };
     let server = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
+    // The server's CPU is read from /proc when it runs here: its postmaster is a backend's parent.
+    let mut conn = sqlx::PgConnection::connect_with(&server.clone().database("postgres"))
+        .await
+        .expect("connect");
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the backend's pid");
+    POSTMASTER.get_or_init(|| proc_times(&backend.to_string()).map(|(parent, _)| parent));
+    let _ = conn.close().await;
     let run = Run {
         o: server.clone().database(DATABASE),
         seconds: env_num("BENCH_SECONDS", 3),
@@ -439,6 +601,7 @@ fn plan() -> (Vec<Cell>, Vec<(usize, &'static str, u32)>) {
             library: Vec::new(),
             tool: Vec::new(),
             latency: true,
+            dropped: 0,
         });
         cells.len() - 1
     };
@@ -492,33 +655,55 @@ async fn pgbench_cells(run: &Run) -> Vec<Cell> {
         part && run.with_clients(*clients)
     });
     let (lookup_sql, upsert_sql) = (lookup_script(), upsert_script());
-    for (i, kind, clients) in plan {
+    // Rounds rotate the cells of one client count (held-each, `Db`, the pool, each beside its
+    // pgbench run), so that a slow stretch of the machine falls on all of them alike.
+    let mut counts: Vec<u32> = plan.iter().map(|(_, _, clients)| *clients).collect();
+    counts.dedup();
+    for count in counts {
+        let group: Vec<_> = plan.iter().filter(|(_, _, c)| *c == count).collect();
         for _ in 0..run.pairs {
-            let sample = measure(run, kind, clients).await;
-            cells[i].library.push(sample);
-            let script = if kind.starts_with("upsert") {
-                &upsert_sql
-            } else {
-                &lookup_sql
-            };
-            // `Db` sets `statement_timeout` (its call timeout) on the connections it holds: a timer
-            // the server arms and disarms around every statement. pgbench's connections get the
-            // same setting in `Db`'s cells; the pool's and held connections have none, nor has
-            // pgbench beside them.
-            let options = kind
-                .ends_with("db")
-                .then(|| format!("-c statement_timeout={}", DEFAULT_CALL_TIMEOUT.as_millis()));
-            cells[i].tool.push(pgbench(
-                &run.o,
-                script,
-                clients,
-                run.seconds,
-                options.as_deref(),
-            ));
+            for &&(i, kind, clients) in &group {
+                pair(run, &mut cells[i], kind, clients, &lookup_sql, &upsert_sql).await;
+            }
         }
     }
     cells.retain(|c| !c.library.is_empty());
     cells
+}
+
+/// One pair of a cell: the library's run, then pgbench's; dropped (and counted) when the machine
+/// lost more than [`MAX_STEAL`] of its CPU to steal in either.
+async fn pair(
+    run: &Run,
+    cell: &mut Cell,
+    kind: &str,
+    clients: u32,
+    lookup_sql: &str,
+    upsert_sql: &str,
+) {
+    let sample = measure(run, kind, clients).await;
+    let script = if kind.starts_with("upsert") {
+        upsert_sql
+    } else {
+        lookup_sql
+    };
+    // `Db` sets `statement_timeout` (its call timeout) on the connections it holds: a timer
+    // the server arms and disarms around every statement. pgbench's connections get the
+    // same setting in `Db`'s cells; the pool's and held connections have none, nor has
+    // pgbench beside them.
+    let options = kind
+        .ends_with("db")
+        .then(|| format!("-c statement_timeout={}", DEFAULT_CALL_TIMEOUT.as_millis()));
+    let tool = pgbench(&run.o, script, clients, run.seconds, options.as_deref());
+    if [&sample, &tool]
+        .iter()
+        .any(|s| s.steal.is_some_and(|steal| steal > MAX_STEAL))
+    {
+        cell.dropped += 1;
+    } else {
+        cell.library.push(sample);
+        cell.tool.push(tool);
+    }
 }
 
 /// One library run of a cell: `kind` of call from `clients` tasks for the run's seconds.
@@ -663,6 +848,7 @@ async fn routing(run: &Run) -> (Cell, String) {
         library: Vec::new(),
         tool: Vec::new(),
         latency: true,
+        dropped: 0,
     };
     // The standby is not contacted at build: it may not have replayed the new database yet, and
     // the handle's checks wait for it.
@@ -735,6 +921,7 @@ async fn backfill(run: &Run, setup: &PgPool) -> Cell {
         library: Vec::new(),
         tool: Vec::new(),
         latency: false,
+        dropped: 0,
     };
     let users: Vec<(usize, ClerkUser)> = (1..=USERS).map(|n| (n as usize, clerk_user(n))).collect();
     // Both start from the same state: the 100 000 users loaded above, in a table of the same shape.
@@ -793,7 +980,7 @@ async fn backfill(run: &Run, setup: &PgPool) -> Cell {
         drop(conn);
         cell.library.push(Sample {
             rate,
-            latencies: Vec::new(),
+            ..Sample::default()
         });
 
         let started = Instant::now();
@@ -811,7 +998,7 @@ async fn backfill(run: &Run, setup: &PgPool) -> Cell {
         );
         cell.tool.push(Sample {
             rate,
-            latencies: Vec::new(),
+            ..Sample::default()
         });
     }
     let _ = std::fs::remove_file(&csv);
@@ -854,6 +1041,42 @@ fn report(cells: &[Cell]) {
                 _ => String::new(),
             }
         );
+        let cpu = |s: &[Sample]| {
+            let per_op: Vec<CpuPerOp> = s.iter().filter_map(|s| s.cpu).collect();
+            (!per_op.is_empty()).then(|| {
+                let client = median(per_op.iter().map(|c| c.client).collect());
+                let server = median(per_op.iter().map(|c| c.server).collect());
+                (client, server)
+            })
+        };
+        let ratios: Vec<String> = c
+            .library
+            .iter()
+            .zip(&c.tool)
+            .map(|(l, t)| format!("{:.2}", l.rate / t.rate))
+            .collect();
+        // pgbench against itself: its slowest round over its fastest, in this cell.
+        println!(
+            "  each pair's ratio: {}; pgbench A/A {:.2}",
+            ratios.join(" "),
+            tool_min / tool_max
+        );
+        if c.dropped > 0 {
+            println!(
+                "  {} pair(s) dropped: the machine lost more than {:.0} % of its CPU to steal",
+                c.dropped,
+                MAX_STEAL * 100.0
+            );
+        }
+        if let (Some((lc, ls)), Some((tc, ts))) = (cpu(&c.library), cpu(&c.tool)) {
+            println!(
+                "{:<38} {:>24} {:>34} {:>5.2}x",
+                "  CPU us/op client+server (median)",
+                format!("{lc:.1}+{ls:.1}={:.1}", lc + ls),
+                format!("{tc:.1}+{ts:.1}={:.1}", tc + ts),
+                (lc + ls) / (tc + ts),
+            );
+        }
         if c.latency {
             let ms =
                 |s: &[Sample], p| percentile(s, p).map_or("-".to_owned(), |v| format!("{v:.2}"));
