@@ -667,7 +667,7 @@ async fn pgbench_cells(run: &Run) -> Vec<Cell> {
             }
         }
     }
-    cells.retain(|c| !c.library.is_empty());
+    cells.retain(|c| !c.library.is_empty() || c.dropped > 0);
     cells
 }
 
@@ -1012,7 +1012,16 @@ fn report(cells: &[Cell]) {
         "{:<38} {:>24} {:>34} {:>6} {:>7}",
         "benchmark (median, min-max)", "library", "PostgreSQL's tool", "ratio", "target"
     );
-    for c in cells.iter().filter(|c| !c.library.is_empty()) {
+    for c in cells {
+        if c.library.is_empty() {
+            println!(
+                "{:<38} every pair ({}) dropped: the machine lost more than {:.0} % of its CPU to steal",
+                c.what,
+                c.dropped,
+                MAX_STEAL * 100.0
+            );
+            continue;
+        }
         let (lib, lib_min, lib_max) = summary(&c.library);
         let (tool, tool_min, tool_max) = summary(&c.tool);
         let ratio = lib / tool;
