@@ -34,7 +34,8 @@ export LIVERMORE_IMPORT_FILE := $(value FILE)
 export LIVERMORE_TIMING_RUNS := $(value RUNS)
 export LIVERMORE_TIMING_FILTER := $(value FILTER)
 export LIVERMORE_LOCK_BUDGET_SECS := $(value LOCK_BUDGET_SECS)
-MUTANTS_FILES ?= src/clerk/webhook.rs src/clerk/apply.rs src/db/routing.rs src/db/mod.rs src/input.rs \
+MUTANTS_FILES ?= src/clerk/webhook.rs src/clerk/apply.rs src/db/routing.rs src/db/dispatch.rs \
+  src/db/node/queue.rs src/db/node/sender.rs src/input.rs \
   src/users/mod.rs src/users/username.rs src/bin/livermore-clerk-webhooks/service.rs
 export LIVERMORE_MUTANTS_FILES := $(value MUTANTS_FILES)
 export LIVERMORE_MUTANTS_RE := $(value MUTANTS_RE)

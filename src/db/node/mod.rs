@@ -1,8 +1,13 @@
 //! One server's connections, held by the handle and lent to one call at a time (no pool, so no
 //! acquire and release round trip per call), with identity look-ups coalesced while every
 //! connection is busy.
+//!
+//! The path of one identity look-up: [`queue`] (alone on a connection, or queued), then
+//! [`sender`] (the task that sends queued look-ups, many a statement, and answers them).
 
-use std::collections::VecDeque;
+mod queue;
+mod sender;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,27 +19,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::Error;
-use crate::input::Identity;
-use crate::users::{User, find_by_identity, find_identities};
-
-/// What a waiting identity look-up is answered with.
-type Answer = Result<Option<User>, Error>;
-
-struct Pending {
-    identity: Identity,
-    reply: oneshot::Sender<Answer>,
-}
-
-/// Look-ups waiting for a statement, and how many sender tasks are sending them.
-#[derive(Default)]
-struct Queue {
-    pending: VecDeque<Pending>,
-    /// Sender tasks running (at most the node's `lookup_size`): each sends the queued look-ups,
-    /// one statement at a time, until none is left.
-    senders: usize,
-    /// The node is closed: nothing more is queued.
-    closed: bool,
-}
+use queue::Queue;
 
 /// Counters of one server's calls, for [`RoutingStats`](super::RoutingStats) and the benchmark.
 #[derive(Default)]
@@ -298,84 +283,9 @@ impl Node {
             counts: Counts::default(),
         }))
     }
-
-    /// An identity look-up. While few are in flight, each runs alone on a connection of its own;
-    /// beyond that they queue, and up to `lookup_size` sender tasks send whatever is queued,
-    /// `max_batch` a statement, as soon as each has a connection. The caller only waits for its
-    /// answer: it never sends the look-ups of others (a caller that did, under a steady stream,
-    /// could be held sending until its deadline, answered long before). Every answer comes from a
-    /// statement sent after the call was made: nothing is cached.
-    pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
-        let in_flight = InFlight::enter(&self.lookups_in_flight);
-        if in_flight.count <= self.alone_up_to {
-            let mut lease = self.lease().await?;
-            self.count(1);
-            let result = find_by_identity(lease.conn(), identity).await;
-            return lease.finish(result);
-        }
-        let (reply, answer) = oneshot::channel();
-        let start_sender = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if queue.closed {
-                return Err(Error::Database(sqlx::Error::PoolClosed));
-            }
-            queue.pending.push_back(Pending {
-                identity: identity.clone(),
-                reply,
-            });
-            let start = queue.senders < self.lookup_size;
-            if start {
-                queue.senders += 1;
-            }
-            start
-        };
-        if start_sender {
-            tokio::spawn(self.0.clone().send_queued());
-        }
-        // A sender drops a reply unsent only when its task is dropped (the runtime shutting down).
-        answer
-            .await
-            .unwrap_or(Err(Error::Lookup(Arc::new(sqlx::Error::WorkerCrashed))))
-    }
 }
 
 impl NodeInner {
-    /// A sender task: sends the queued look-ups, one statement at a time on one connection, until
-    /// none is left. Its place was counted in [`Queue::senders`] by the caller that started it.
-    async fn send_queued(self: Arc<Self>) {
-        // While calls arrive together, let the tasks that are ready run first (one pass of the
-        // scheduler, no timer), so that calls made at the same moment share the statement.
-        if self.busy.load(Ordering::Relaxed) {
-            tokio::task::yield_now().await;
-        }
-        let mut lease = None;
-        loop {
-            let mut held = match lease.take() {
-                Some(held) => held,
-                None => match self.lease().await {
-                    Ok(held) => held,
-                    Err(e) => {
-                        // No connection: the queued look-ups fail with the reason.
-                        self.queue.lock().unwrap_or_else(|e| e.into_inner()).senders -= 1;
-                        self.fail_pending(&e);
-                        return;
-                    }
-                },
-            };
-            let batch = self.next_batch();
-            if batch.is_empty() {
-                return;
-            }
-            self.send(&mut held, batch).await;
-            if held.usable() {
-                lease = Some(held);
-            }
-            // The callers it answered come back with their next look-ups: let them queue first
-            // (one pass of the scheduler), or the next statement carries one.
-            tokio::task::yield_now().await;
-        }
-    }
-
     /// Opens a connection (already counted by [`Conns::try_reserve`]) in a task of its own and
     /// waits for it: if this caller goes away first, the connection, once open, waits idle for the
     /// next call.
@@ -494,65 +404,6 @@ impl NodeInner {
         self.lease_with(turn).await
     }
 
-    /// The next statement's worth of queued look-ups, or none (and one sender fewer).
-    fn next_batch(&self) -> Vec<Pending> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Vec::new();
-        while batch.len() < self.max_batch {
-            match queue.pending.pop_front() {
-                Some(p) if p.reply.is_closed() => continue,
-                Some(p) => batch.push(p),
-                None => break,
-            }
-        }
-        if batch.is_empty() {
-            queue.senders -= 1;
-        }
-        batch
-    }
-
-    /// Sends `batch` on the lease's connection and answers each look-up in it.
-    async fn send(&self, lease: &mut Lease<'_>, batch: Vec<Pending>) {
-        self.busy.store(batch.len() > 1, Ordering::Relaxed);
-        self.count(batch.len());
-        let found = match batch.as_slice() {
-            [one] => find_by_identity(lease.conn(), &one.identity)
-                .await
-                .map(|u| vec![u]),
-            many => {
-                let identities: Vec<&Identity> = many.iter().map(|p| &p.identity).collect();
-                find_identities(lease.conn(), &identities).await
-            }
-        };
-        match lease.finish(found) {
-            Ok(users) => {
-                for (pending, user) in batch.into_iter().zip(users) {
-                    let _ = pending.reply.send(Ok(user));
-                }
-            }
-            Err(e) => {
-                let shared = Arc::new(into_sqlx(e));
-                for pending in batch {
-                    let _ = pending.reply.send(Err(Error::Lookup(shared.clone())));
-                }
-            }
-        }
-    }
-
-    fn fail_pending(&self, e: &Error) {
-        let waiting: Vec<Pending> = self
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .drain(..)
-            .collect();
-        let shared = Arc::new(sqlx::Error::Protocol(format!("no connection: {e}")));
-        for pending in waiting {
-            let _ = pending.reply.send(Err(Error::Lookup(shared.clone())));
-        }
-    }
-
     fn count(&self, lookups: usize) {
         self.counts
             .lookup_statements
@@ -573,33 +424,5 @@ impl NodeInner {
             let _ = conn.close().await;
         }
         self.fail_pending(&Error::Database(sqlx::Error::PoolClosed));
-    }
-}
-
-/// One caller counted in [`Node::lookups_in_flight`] until dropped (however the call ends).
-struct InFlight<'a> {
-    counter: &'a AtomicUsize,
-    /// Look-ups in flight, this one included, when it came in.
-    count: usize,
-}
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        InFlight { counter, count }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The sqlx error inside a library error (a look-up statement fails only with database errors).
-fn into_sqlx(e: Error) -> sqlx::Error {
-    match e {
-        Error::Database(e) => e,
-        other => sqlx::Error::Protocol(other.to_string()),
     }
 }
