@@ -55,8 +55,6 @@ pub(crate) struct NodeInner {
     turns: Arc<Semaphore>,
     /// Identity look-up statements in flight at once when they are coalesced.
     lookup_size: usize,
-    /// Whether the last batch carried more than one look-up (calls are arriving together).
-    busy: std::sync::atomic::AtomicBool,
     queue: std::sync::Mutex<Queue>,
     /// Identity look-ups being answered now (callers inside [`Node::find_by_identity`]).
     lookups_in_flight: AtomicUsize,
@@ -275,7 +273,6 @@ impl Node {
             }),
             turns: Arc::new(Semaphore::new(size)),
             lookup_size,
-            busy: std::sync::atomic::AtomicBool::new(false),
             queue: std::sync::Mutex::new(Queue::default()),
             size,
             max_batch: max_batch.max(1),

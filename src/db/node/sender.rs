@@ -2,7 +2,6 @@
 //! connection, as soon as it has one, and answers each caller; it ends when nothing is queued.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::queue::Pending;
 use super::{Lease, NodeInner};
@@ -12,13 +11,10 @@ use crate::users::{find_by_identity, find_identities};
 
 impl NodeInner {
     /// A sender task: sends the queued look-ups, one statement at a time on one connection, until
-    /// none is left. Its place was counted in [`Queue::senders`] by the caller that started it.
+    /// none is left. Its place was counted in [`Queue::senders`](super::queue::Queue) by the caller
+    /// that started it. It runs once the tasks ready before it have (a spawned task waits its
+    /// turn), so that calls made at the same moment share its first statement.
     pub(super) async fn send_queued(self: Arc<Self>) {
-        // While calls arrive together, let the tasks that are ready run first (one pass of the
-        // scheduler, no timer), so that calls made at the same moment share the statement.
-        if self.busy.load(Ordering::Relaxed) {
-            tokio::task::yield_now().await;
-        }
         let mut lease = None;
         loop {
             let mut held = match lease.take() {
@@ -66,7 +62,6 @@ impl NodeInner {
 
     /// Sends `batch` on the lease's connection and answers each look-up in it.
     async fn send(&self, lease: &mut Lease<'_>, batch: Vec<Pending>) {
-        self.busy.store(batch.len() > 1, Ordering::Relaxed);
         self.count(batch.len());
         let found = match batch.as_slice() {
             [one] => find_by_identity(lease.conn(), &one.identity)
