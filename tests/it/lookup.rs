@@ -331,3 +331,61 @@ async fn a_caller_sending_the_queue_returns_once_answered(pool: PgPool) {
         "slowest {slowest:?} of {count}"
     );
 }
+
+/// A sender task dropped unfinished, with its runtime, gives its place up: look-ups queued later,
+/// from another runtime, still find a sender. (Were the place lost, with one place every later
+/// queued look-up would wait until its deadline.)
+#[sqlx::test]
+async fn a_sender_dropped_with_its_runtime_gives_its_place_up(pool: PgPool) {
+    let known = Arc::new(users(&pool, 32).await);
+    let deadline = std::time::Duration::from_secs(5);
+    let db = Db::builder(options(&pool))
+        .connections(2)
+        .lookup_connections(1)
+        .call_timeout(deadline)
+        .build_lazy();
+    // A runtime of its own, looking up from 32 tasks (so that a sender is running), shut down.
+    let (other, shared) = (db.clone(), known.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for t in 0..32 {
+                let (db, known) = (other.clone(), shared.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let _ = db.find_by_identity(&known[t].0).await;
+                    }
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        });
+        runtime.shutdown_background();
+    })
+    .join()
+    .unwrap();
+    assert!(db.stats().lookup_statements > 0, "{:?}", db.stats());
+
+    // Connections opened on the runtime that is gone fail once here and are replaced; what must not
+    // happen is a look-up waiting for a sender until its deadline.
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (db, known) = (db.clone(), known.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                match db.find_by_identity(&known[t].0).await {
+                    Ok(found) => return found.map(|u| u.id) == Some(known[t].1),
+                    Err(Error::Timeout(_)) => return false,
+                    Err(_) => continue,
+                }
+            }
+            false
+        }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap(), "{:?}", db.stats());
+    }
+}

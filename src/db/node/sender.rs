@@ -15,6 +15,10 @@ impl NodeInner {
     /// that started it. It runs once the tasks ready before it have (a spawned task waits its
     /// turn), so that calls made at the same moment share its first statement.
     pub(super) async fn send_queued(self: Arc<Self>) {
+        let mut place = Place {
+            node: &self,
+            held: true,
+        };
         let mut lease = None;
         loop {
             let mut held = match lease.take() {
@@ -23,7 +27,7 @@ impl NodeInner {
                     Ok(held) => held,
                     Err(e) => {
                         // No connection: the queued look-ups fail with the reason.
-                        self.queue.lock().unwrap_or_else(|e| e.into_inner()).senders -= 1;
+                        drop(place);
                         self.fail_pending(&e);
                         return;
                     }
@@ -31,6 +35,8 @@ impl NodeInner {
             };
             let batch = self.next_batch();
             if batch.is_empty() {
+                // `next_batch` gave the place up, under the queue's lock.
+                place.held = false;
                 return;
             }
             self.send(&mut held, batch).await;
@@ -107,5 +113,26 @@ fn into_sqlx(e: Error) -> sqlx::Error {
     match e {
         Error::Database(e) => e,
         other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// A sender's place in [`Queue::senders`](super::queue::Queue), given up however the sender ends. A
+/// sender task dropped unfinished (its runtime shut down) gives it up too: a place lost would be
+/// lost for good, and with every place lost no sender would start again.
+struct Place<'a> {
+    node: &'a NodeInner,
+    /// Not yet given up (by [`NodeInner::next_batch`], finding the queue empty).
+    held: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.node
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .senders -= 1;
+        }
     }
 }
