@@ -221,18 +221,7 @@ async fn a_batch_whose_insert_fails_falls_back_to_one_by_one(pool: PgPool) {
         .await
         .unwrap();
 
-    let batch = users(
-        (1..=5)
-            .map(|i| {
-                clerk_user(
-                    &format!("user_{i}"),
-                    &format!("u{i}@example.com"),
-                    T0,
-                    json!({}),
-                )
-            })
-            .collect(),
-    );
+    let batch = numbered(5, |i| (format!("u{i}@example.com"), T0));
     let report = apply_batch(&pool, &batch).await.unwrap();
     assert_eq!(report.created, 4, "{report:?}");
     assert_eq!(report.rejected.len(), 1, "{report:?}");
@@ -262,32 +251,12 @@ async fn twenty_updates_one_taking_a_held_address(
         .execute(pool)
         .await
         .unwrap();
-    let stored = users(
-        (1..=20)
-            .map(|i| {
-                clerk_user(
-                    &format!("user_{i}"),
-                    &format!("u{i}@example.com"),
-                    T0,
-                    json!({}),
-                )
-            })
-            .collect(),
-    );
+    let stored = numbered(20, |i| (format!("u{i}@example.com"), T0));
     assert_eq!(apply_batch(pool, &stored).await.unwrap().created, 20);
-    users(
-        (1..=20)
-            .map(|i| {
-                let email = if i == 5 {
-                    "held@example.com".to_owned()
-                } else {
-                    format!("u{i}@new.example")
-                };
-                let at = if stale == Some(i) { T0 - 1 } else { T0 + 10 };
-                clerk_user(&format!("user_{i}"), &email, at, json!({}))
-            })
-            .collect(),
-    )
+    numbered(20, |i| {
+        let at = if stale == Some(i) { T0 - 1 } else { T0 + 10 };
+        (held_at_5(i, "new.example"), at)
+    })
 }
 
 /// An update batch where one record takes an address another user holds: that record is
@@ -333,18 +302,7 @@ async fn an_insert_batch_with_a_held_address_inserts_the_rest_together(pool: PgP
         .await
         .unwrap();
     count_inserts(&pool).await;
-    let batch = users(
-        (1..=20)
-            .map(|i| {
-                let email = if i == 5 {
-                    "held@example.com".to_owned()
-                } else {
-                    format!("u{i}@example.com")
-                };
-                clerk_user(&format!("user_{i}"), &email, T0, json!({}))
-            })
-            .collect(),
-    );
+    let batch = numbered(20, |i| (held_at_5(i, "example.com"), T0));
     let report = apply_batch(&pool, &batch).await.unwrap();
     assert_eq!(report.created, 19, "{report:?}");
     let rejected: Vec<usize> = report.rejected.iter().map(|r| r.position).collect();
@@ -455,4 +413,27 @@ async fn inserts_counted(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// Clerk users `user_1` to `user_n` (positions 1 to n), each with the address and `updated_at`
+/// that `record` gives for its number.
+fn numbered(n: usize, record: impl Fn(usize) -> (String, i64)) -> Vec<(usize, ClerkUser)> {
+    users(
+        (1..=n)
+            .map(|i| {
+                let (email, at) = record(i);
+                clerk_user(&format!("user_{i}"), &email, at, json!({}))
+            })
+            .collect(),
+    )
+}
+
+/// User `i`'s address at `domain`, except `user_5`'s: `held@example.com`, which a user outside
+/// Clerk holds.
+fn held_at_5(i: usize, domain: &str) -> String {
+    if i == 5 {
+        "held@example.com".to_owned()
+    } else {
+        format!("u{i}@{domain}")
+    }
 }
