@@ -345,16 +345,6 @@ fn pgbench(
         .and_then(|l| l.split(['/', ' ']).next())
         .and_then(|n| n.parse::<u64>().ok());
     // pgbench's CPU covers its whole run, its connecting included (as its backends' does).
-    if std::env::var_os("BENCH_DEBUG").is_some()
-        && let (Some(b), Some(a)) = (before, after)
-    {
-        eprintln!(
-            "pgbench ticks: server {} children {} own {}",
-            a.server - b.server,
-            a.children - b.children,
-            a.own - b.own
-        );
-    }
     let cpu = match (before, after, processed) {
         (Some(b), Some(a), Some(n)) => b.per_op(a, n, true),
         _ => None,
@@ -658,6 +648,7 @@ async fn pgbench_cells(run: &Run) -> Vec<Cell> {
     // Rounds rotate the cells of one client count (held-each, `Db`, the pool, each beside its
     // pgbench run), so that a slow stretch of the machine falls on all of them alike.
     let mut counts: Vec<u32> = plan.iter().map(|(_, _, clients)| *clients).collect();
+    counts.sort_unstable();
     counts.dedup();
     for count in counts {
         let group: Vec<_> = plan.iter().filter(|(_, _, c)| *c == count).collect();
