@@ -26,7 +26,8 @@
 //! Environment: DATABASE_URL (the server; make sets it to the local cluster), BENCH_SECONDS (per
 //! measurement, default 3), BENCH_PAIRS (default 5), BENCH_ONLY (`lookup`, `db`, `upsert`,
 //! `routing` or `backfill`: that part alone), BENCH_CLIENTS (only the cells with that many clients),
-//! BENCH_CONNECTIONS and BENCH_LOOKUP_CONNECTIONS (`Db`'s, default its own).
+//! BENCH_CONNECTIONS and BENCH_LOOKUP_CONNECTIONS (`Db`'s, default its own), BENCH_RUNTIME
+//! (`current_thread`, or the default `multi_thread`).
 // The harness sets up databases and tables at run time (clippy.toml forbids that in the crate).
 #![allow(clippy::disallowed_methods)]
 mod support;
@@ -471,8 +472,7 @@ impl Run {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     // `cargo test --all-targets` builds and runs bench targets too, without `--bench`: then only say so.
     if !std::env::args().any(|a| a == "--bench") {
         println!(
@@ -480,6 +480,21 @@ async fn main() {
         );
         return;
     }
+    // Tokio's multi-threaded runtime (one worker per core), as `#[tokio::main]` builds it, unless
+    // BENCH_RUNTIME=current_thread: then every task, `Db`'s senders included, runs on this thread.
+    let mut runtime = match std::env::var("BENCH_RUNTIME").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
+        Ok("multi_thread") | Err(_) => tokio::runtime::Builder::new_multi_thread(),
+        Ok(other) => panic!("BENCH_RUNTIME={other}: use current_thread or multi_thread"),
+    };
+    runtime
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+        .block_on(run());
+}
+
+async fn run() {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (make bench sets it)");
     PASSWORD.get_or_init(|| password(&url));
     let env_num = |name: &str, default: u64| {
@@ -569,9 +584,13 @@ async fn load(server: &PgConnectOptions, run: &Run) -> (Scratch, PgPool) {
         .await
         .unwrap();
     println!(
-        "loaded {USERS} users ({WITH_IDENTITY} with a Clerk identity) in {:.1} s; PostgreSQL {version}; {} cores; {seconds} s per measurement, {pairs} interleaved pairs per cell",
+        "loaded {USERS} users ({WITH_IDENTITY} with a Clerk identity) in {:.1} s; PostgreSQL {version}; {} cores; Tokio runtime {}; {seconds} s per measurement, {pairs} interleaved pairs per cell",
         loaded.elapsed().as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        }
     );
 
     (scratch, setup)
