@@ -120,20 +120,34 @@ struct Opener {
 }
 
 impl Opener {
-    /// Opens a connection within the connect timeout and sets its statement timeout (a `SET`, not
-    /// a startup option: PgBouncer refuses unknown startup options).
+    /// Opens a connection within the connect timeout and sets, for the session (a `SET`, not a
+    /// startup option: PgBouncer refuses unknown startup options), its statement timeout and
+    /// generic plans for its prepared statements.
+    ///
+    /// Generic plans: PostgreSQL plans a prepared statement anew on each run (a custom plan) while
+    /// the custom plans' average cost stays below the generic plan's. For the look-up batch, whose
+    /// generic plan assumes an array of 10, batches of a few identities kept it re-planning every
+    /// statement: planning was about 30 % of the server's CPU with 8 callers, and half the CPU per
+    /// look-up went with it (`BENCHMARKS.md`, "Generic plans"). The statements sent on these
+    /// connections probe unique keys, or arrays of them, whose plans do not depend on the values;
+    /// the one exception, `list_by_role`, walks the primary key under a generic plan (29 ms against
+    /// the custom plan's 23 ms for a rare role among 200 000 users). `Db::pool` keeps the server's
+    /// default.
     async fn open(&self) -> Result<PgConnection, Error> {
         let opened = async {
             let mut conn = PgConnection::connect_with(&self.options).await?;
-            if let Some(timeout) = self.statement_timeout {
-                let value = format!("{}ms", timeout.as_millis().max(1));
-                sqlx::query_scalar!(
-                    r#"SELECT set_config('statement_timeout', $1, false) AS "set!""#,
-                    value
-                )
-                .fetch_one(&mut conn)
-                .await?;
-            }
+            let timeout = self
+                .statement_timeout
+                .map(|t| format!("{}ms", t.as_millis().max(1)));
+            sqlx::query!(
+                r#"SELECT set_config('plan_cache_mode', 'force_generic_plan', false) AS "plans!",
+                          set_config('statement_timeout',
+                                     coalesce($1, current_setting('statement_timeout')),
+                                     false) AS "timeout!""#,
+                timeout
+            )
+            .fetch_one(&mut conn)
+            .await?;
             Ok::<_, Error>(conn)
         };
         match tokio::time::timeout(self.connect_timeout, opened).await {
@@ -421,5 +435,77 @@ impl NodeInner {
             let _ = conn.close().await;
         }
         self.fail_pending(&Error::Database(sqlx::Error::PoolClosed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use crate::input::Identity;
+    use crate::users::find_identities;
+
+    /// The look-up batch runs on a generic plan on the node's connections, with a statement
+    /// timeout or without, and the timeout is set when there is one. Seen from the session itself
+    /// (`pg_prepared_statements` is per session), with the server's default as the control: there
+    /// the first five runs at least are planned anew (every run, on a large `users`).
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // reads the session's own catalog view, as tests/it does
+    async fn the_lookup_batch_is_planned_once_per_connection() {
+        let url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL: this test opens connections (make test sets it)");
+        let options = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
+        let identities: Vec<Identity> = (1..=3)
+            .map(|n| Identity::parse("clerk", &format!("user_plan_{n}")).unwrap())
+            .collect();
+        let identities: Vec<&Identity> = identities.iter().collect();
+        let plans = async |conn: &mut PgConnection| {
+            for _ in 0..10 {
+                find_identities(&mut *conn, &identities).await.unwrap();
+            }
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+                 WHERE statement LIKE '%FROM unnest($1::varchar[], $2::varchar[]) AS i(provider, sub)%'
+                   AND statement NOT LIKE '%pg_prepared_statements%'",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+        };
+
+        let mut plain = PgConnection::connect_with(&options).await.unwrap();
+        let (generic, custom) = plans(&mut plain).await;
+        assert!(
+            custom >= 5,
+            "the control: the server's default plans the batch anew ({generic} generic, {custom} custom)"
+        );
+
+        for timeout in [Some(Duration::from_millis(1234)), None] {
+            let opener = Opener {
+                options: options.clone(),
+                connect_timeout: Duration::from_secs(30),
+                statement_timeout: timeout,
+            };
+            let mut conn = opener.open().await.expect("open");
+            let (generic, custom) = plans(&mut conn).await;
+            assert!(
+                generic >= 1 && custom == 0,
+                "timeout {timeout:?}: {generic} generic, {custom} custom"
+            );
+            let set: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let server_default: String =
+                sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+                    .fetch_one(&mut plain)
+                    .await
+                    .unwrap();
+            match timeout {
+                Some(_) => assert_eq!(set, "1234ms"),
+                None => assert_eq!(set, server_default),
+            }
+        }
     }
 }
