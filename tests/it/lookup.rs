@@ -280,6 +280,192 @@ async fn a_statement_timeout_is_the_deadline_and_a_cancel_is_not(pool: PgPool) {
     assert!(db.find_by_identity(&identity).await.unwrap().is_some());
 }
 
+/// The handle's statements waiting on a lock of `users`, by application name: (single look-ups,
+/// batches, whose text has `unnest`).
+#[allow(clippy::disallowed_methods)]
+async fn waiting_on_lock(pool: &PgPool, application: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE query NOT LIKE '%unnest%'),
+                count(*) FILTER (WHERE query LIKE '%unnest%')
+         FROM pg_stat_activity
+         WHERE application_name = $1 AND wait_event_type = 'Lock'",
+    )
+    .bind(application)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// What waits on the lock once `expected` is there (or after 20 s), and half a second later, so
+/// that any statement beyond it has had the time to arrive.
+async fn settled_waiting(pool: &PgPool, application: &str, expected: (i64, i64)) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waiting_on_lock(pool, application).await != expected
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    waiting_on_lock(pool, application).await
+}
+
+/// Takes `users`' strongest lock in a transaction of its own: every look-up waits on it.
+#[allow(clippy::disallowed_methods)]
+async fn lock_users(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    locker
+}
+
+/// Look-ups in tasks of their own, each answering with the id it expects.
+type Callers = tokio::task::JoinSet<(
+    Result<Option<livermore_db::User>, Error>,
+    livermore_db::UserId,
+)>;
+
+/// Each known user looked up from a task of its own.
+fn look_up_each(db: &Db, known: &[(Identity, livermore_db::UserId)]) -> Callers {
+    let mut callers = tokio::task::JoinSet::new();
+    for (identity, id) in known.iter().cloned() {
+        let db = db.clone();
+        callers.spawn(async move { (db.find_by_identity(&identity).await, id) });
+    }
+    callers
+}
+
+/// However many callers wait, at most twice `lookup_connections` look-ups run alone and at most
+/// `lookup_connections` batches are in flight; the rest queue in the handle. With `users` locked, 24
+/// callers on a handle of 8 connections, 1 look-up connection and batches of 4 leave exactly 2 single
+/// look-ups and 1 batch waiting on the lock, and all 24 are answered once it goes. Twice: a sender that ended
+/// gives its place back, or the second burst would find none. (More senders, or one more caller
+/// alone, would take the connections the handle's writes need.)
+#[sqlx::test]
+async fn lookups_in_flight_stay_within_their_bounds(pool: PgPool) {
+    let known = users(&pool, 24).await;
+    let db = Db::builder(options(&pool).application_name("lookup-bounds"))
+        .connections(8)
+        .lookup_connections(1)
+        .max_batch(4)
+        .call_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    for burst in 0..2 {
+        let locker = lock_users(&pool).await;
+        let mut callers = look_up_each(&db, &known);
+        let seen = settled_waiting(&pool, "lookup-bounds", (2, 1)).await;
+        locker.rollback().await.unwrap();
+        while let Some(done) = callers.join_next().await {
+            let (found, id) = done.unwrap();
+            assert_eq!(found.unwrap().map(|u| u.id), Some(id), "burst {burst}");
+        }
+        assert_eq!(
+            seen,
+            (2, 1),
+            "burst {burst}: (single look-ups, batches) waiting on the lock"
+        );
+    }
+}
+
+/// No statement carries more than `max_batch` look-ups: with `max_batch(1)` and 24 callers queued
+/// behind a lock, every statement answers exactly one.
+#[sqlx::test]
+async fn a_statement_carries_at_most_max_batch_lookups(pool: PgPool) {
+    let known = users(&pool, 24).await;
+    let db = Db::builder(options(&pool).application_name("lookup-max-batch"))
+        .connections(8)
+        .lookup_connections(1)
+        .max_batch(1)
+        .call_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let before = db.stats();
+    let locker = lock_users(&pool).await;
+    let mut callers = look_up_each(&db, &known);
+    // Batches of one are single statements: 2 alone and the sender's one.
+    settled_waiting(&pool, "lookup-max-batch", (3, 0)).await;
+    locker.rollback().await.unwrap();
+    while let Some(done) = callers.join_next().await {
+        let (found, id) = done.unwrap();
+        assert_eq!(found.unwrap().map(|u| u.id), Some(id));
+    }
+    let after = db.stats();
+    let lookups = after.lookups - before.lookups;
+    let statements = after.lookup_statements - before.lookup_statements;
+    assert_eq!((lookups, statements), (24, 24), "{after:?}");
+}
+
+/// The look-ups of callers that went away while queued are not sent: 24 callers behind a lock (2
+/// alone, a batch of at most 4 sent, the rest queued), all of them gone before the lock is released,
+/// and what the handle then sends answers at most those 6.
+#[sqlx::test]
+async fn the_lookups_of_callers_gone_are_not_sent(pool: PgPool) {
+    let known = users(&pool, 24).await;
+    let db = Db::builder(options(&pool).application_name("lookup-gone"))
+        .connections(8)
+        .lookup_connections(1)
+        .max_batch(4)
+        .call_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let before = db.stats();
+    let locker = lock_users(&pool).await;
+    let mut callers = look_up_each(&db, &known);
+    settled_waiting(&pool, "lookup-gone", (2, 1)).await;
+    callers.abort_all();
+    while callers.join_next().await.is_some() {}
+    locker.rollback().await.unwrap();
+    // The sender finds the rest of the queue gone; a look-up now is answered (after it, if any).
+    assert_eq!(
+        db.find_by_identity(&known[0].0)
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(known[0].1)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = db.stats();
+    let sent = after.lookups - before.lookups;
+    assert!(
+        sent <= 2 + 4 + 1,
+        "{sent} look-ups sent for 7 at most: {after:?}"
+    );
+}
+
+/// When no connection can be opened, queued look-ups fail with the reason at once, as those that
+/// run alone do, rather than waiting for their deadline.
+#[sqlx::test]
+async fn queued_lookups_fail_at_once_without_a_connection(pool: PgPool) {
+    let known = users(&pool, 24).await;
+    let call_timeout = std::time::Duration::from_secs(30);
+    // Nothing listens on port 1.
+    let db = Db::builder(options(&pool).port(1))
+        .connections(8)
+        .lookup_connections(1)
+        .call_timeout(call_timeout)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build_lazy();
+    let started = std::time::Instant::now();
+    let mut callers = look_up_each(&db, &known);
+    while let Some(done) = callers.join_next().await {
+        let (found, _) = done.unwrap();
+        assert!(
+            matches!(found, Err(ref e) if !matches!(e, Error::Timeout(_))),
+            "{found:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < call_timeout / 2,
+        "{:?} to fail 24 look-ups",
+        started.elapsed()
+    );
+}
+
 /// No caller waits past its own answer: under a steady stream (64 tasks on 3 connections, each
 /// looking up again as soon as it is answered, so that the queue is seldom empty) queued look-ups
 /// are sent by a task, not by a caller. Before, a caller that took a combiner's place sent the
