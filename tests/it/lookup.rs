@@ -336,6 +336,27 @@ fn look_up_each(db: &Db, known: &[(Identity, livermore_db::UserId)]) -> Callers 
     callers
 }
 
+/// A handle of 8 connections, 1 look-up connection (so 2 look-ups alone at most) and batches of
+/// `max_batch`, its sessions named `application`.
+async fn one_sender_handle(pool: &PgPool, application: &str, max_batch: usize) -> Db {
+    Db::builder(options(pool).application_name(application))
+        .connections(8)
+        .lookup_connections(1)
+        .max_batch(max_batch)
+        .call_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits for every caller: each found the user it asked for.
+async fn all_answered(mut callers: Callers, what: &str) {
+    while let Some(done) = callers.join_next().await {
+        let (found, id) = done.unwrap();
+        assert_eq!(found.unwrap().map(|u| u.id), Some(id), "{what}");
+    }
+}
+
 /// However many callers wait, at most twice `lookup_connections` look-ups run alone and at most
 /// `lookup_connections` batches are in flight; the rest queue in the handle. With `users` locked, 24
 /// callers on a handle of 8 connections, 1 look-up connection and batches of 4 leave exactly 2 single
@@ -345,23 +366,13 @@ fn look_up_each(db: &Db, known: &[(Identity, livermore_db::UserId)]) -> Callers 
 #[sqlx::test]
 async fn lookups_in_flight_stay_within_their_bounds(pool: PgPool) {
     let known = users(&pool, 24).await;
-    let db = Db::builder(options(&pool).application_name("lookup-bounds"))
-        .connections(8)
-        .lookup_connections(1)
-        .max_batch(4)
-        .call_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let db = one_sender_handle(&pool, "lookup-bounds", 4).await;
     for burst in 0..2 {
         let locker = lock_users(&pool).await;
-        let mut callers = look_up_each(&db, &known);
+        let callers = look_up_each(&db, &known);
         let seen = settled_waiting(&pool, "lookup-bounds", (2, 1)).await;
         locker.rollback().await.unwrap();
-        while let Some(done) = callers.join_next().await {
-            let (found, id) = done.unwrap();
-            assert_eq!(found.unwrap().map(|u| u.id), Some(id), "burst {burst}");
-        }
+        all_answered(callers, &format!("burst {burst}")).await;
         assert_eq!(
             seen,
             (2, 1),
@@ -375,24 +386,14 @@ async fn lookups_in_flight_stay_within_their_bounds(pool: PgPool) {
 #[sqlx::test]
 async fn a_statement_carries_at_most_max_batch_lookups(pool: PgPool) {
     let known = users(&pool, 24).await;
-    let db = Db::builder(options(&pool).application_name("lookup-max-batch"))
-        .connections(8)
-        .lookup_connections(1)
-        .max_batch(1)
-        .call_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let db = one_sender_handle(&pool, "lookup-max-batch", 1).await;
     let before = db.stats();
     let locker = lock_users(&pool).await;
-    let mut callers = look_up_each(&db, &known);
+    let callers = look_up_each(&db, &known);
     // Batches of one are single statements: 2 alone and the sender's one.
     settled_waiting(&pool, "lookup-max-batch", (3, 0)).await;
     locker.rollback().await.unwrap();
-    while let Some(done) = callers.join_next().await {
-        let (found, id) = done.unwrap();
-        assert_eq!(found.unwrap().map(|u| u.id), Some(id));
-    }
+    all_answered(callers, "max_batch 1").await;
     let after = db.stats();
     let lookups = after.lookups - before.lookups;
     let statements = after.lookup_statements - before.lookup_statements;
@@ -405,14 +406,7 @@ async fn a_statement_carries_at_most_max_batch_lookups(pool: PgPool) {
 #[sqlx::test]
 async fn the_lookups_of_callers_gone_are_not_sent(pool: PgPool) {
     let known = users(&pool, 24).await;
-    let db = Db::builder(options(&pool).application_name("lookup-gone"))
-        .connections(8)
-        .lookup_connections(1)
-        .max_batch(4)
-        .call_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let db = one_sender_handle(&pool, "lookup-gone", 4).await;
     let before = db.stats();
     let locker = lock_users(&pool).await;
     let mut callers = look_up_each(&db, &known);
