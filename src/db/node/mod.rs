@@ -451,7 +451,6 @@ mod tests {
     /// (`pg_prepared_statements` is per session), with the server's default as the control: there
     /// the first five runs at least are planned anew (every run, on a large `users`).
     #[tokio::test]
-    #[allow(clippy::disallowed_methods)] // reads the session's own catalog view, as tests/it does
     async fn the_lookup_batch_is_planned_once_per_connection() {
         let url = std::env::var("DATABASE_URL")
             .expect("DATABASE_URL: this test opens connections (make test sets it)");
@@ -464,14 +463,16 @@ mod tests {
             for _ in 0..10 {
                 find_identities(&mut *conn, &identities).await.unwrap();
             }
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
-                 WHERE statement LIKE '%FROM unnest($1::varchar[], $2::varchar[]) AS i(provider, sub)%'
-                   AND statement NOT LIKE '%pg_prepared_statements%'",
+            let row = sqlx::query!(
+                r#"SELECT generic_plans AS "generic!", custom_plans AS "custom!"
+                   FROM pg_prepared_statements
+                   WHERE statement LIKE '%FROM unnest($1::varchar[], $2::varchar[]) AS i(provider, sub)%'
+                     AND statement NOT LIKE '%pg_prepared_statements%'"#
             )
             .fetch_one(&mut *conn)
             .await
-            .unwrap()
+            .unwrap();
+            (row.generic, row.custom)
         };
 
         let mut plain = PgConnection::connect_with(&options).await.unwrap();
@@ -493,19 +494,20 @@ mod tests {
                 generic >= 1 && custom == 0,
                 "timeout {timeout:?}: {generic} generic, {custom} custom"
             );
-            let set: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            let server_default: String =
-                sqlx::query_scalar("SELECT current_setting('statement_timeout')")
-                    .fetch_one(&mut plain)
-                    .await
-                    .unwrap();
+            let set = statement_timeout(&mut conn).await;
+            let server_default = statement_timeout(&mut plain).await;
             match timeout {
                 Some(_) => assert_eq!(set, "1234ms"),
                 None => assert_eq!(set, server_default),
             }
         }
+    }
+
+    /// The session's `statement_timeout`.
+    async fn statement_timeout(conn: &mut PgConnection) -> String {
+        sqlx::query_scalar!(r#"SELECT current_setting('statement_timeout') AS "setting!""#)
+            .fetch_one(conn)
+            .await
+            .unwrap()
     }
 }
