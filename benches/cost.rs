@@ -5,9 +5,12 @@
 //! Seconds on this project's 2 shared cores swing by a third from run to run (BENCHMARKS.md), and
 //! the client, the server and pgbench compete for them; instructions executed by the client are the
 //! same from run to run for the same binary and inputs, whatever else the machine is doing. So this
-//! is how a change to `Db`'s own path (its lease, deadline, routing, futures) is judged: each way is
-//! run under `valgrind --tool=callgrind` twice, with N and 2N sequential look-ups from one task, and
-//! the difference divided by N is its cost per look-up (start-up, connecting and SCRAM cancel out).
+//! is how a change to `Db`'s own path (its lease, deadline, routing, queue, futures) is judged: each
+//! way is run under `valgrind --tool=callgrind` twice, with N and 2N look-ups shared by T tasks at
+//! once (`COST_TASKS`, default 1, 4, 8, 16 and 64; held connections: one per task), and the
+//! difference divided by N is its cost per look-up (start-up, connecting and SCRAM cancel out). For
+//! `Db` it prints the look-ups a statement carried too: under callgrind the client runs tens of times
+//! slower than the server, so batches are smaller than at full speed.
 //! The server's work is not counted: it is the same statement on every side.
 // The scratch database's CREATE and DROP (shared with the other benches) run runtime strings.
 #![allow(clippy::disallowed_methods)]
@@ -31,24 +34,61 @@ fn identities() -> Vec<Identity> {
         .collect()
 }
 
-/// The child: `way` look-ups, `n` of them, one after another from one task.
-async fn child(o: PgConnectOptions, way: &str, n: usize) {
-    let ids = identities();
+/// The child: `n` look-ups the `way` from `tasks` tasks at once (`n / tasks` each); prints, for
+/// `Db`, how many statements answered them.
+async fn child(o: PgConnectOptions, way: &str, n: usize, tasks: usize) {
+    let ids = std::sync::Arc::new(identities());
+    let each = n / tasks;
     let mut found = 0;
     match way {
         "held" => {
-            let mut conn = o.connect().await.expect("connect");
-            for i in 0..n {
-                let user = livermore_db::find_by_identity(&mut conn, &ids[i % USERS]).await;
-                found += usize::from(user.expect("look-up").is_some());
+            let mut running = tokio::task::JoinSet::new();
+            for t in 0..tasks {
+                let (o, ids) = (o.clone(), ids.clone());
+                running.spawn(async move {
+                    let mut conn = o.connect().await.expect("connect");
+                    let mut found = 0;
+                    for i in 0..each {
+                        let user =
+                            livermore_db::find_by_identity(&mut conn, &ids[(t + i) % USERS]).await;
+                        found += usize::from(user.expect("look-up").is_some());
+                    }
+                    found
+                });
             }
+            found = running.join_all().await.into_iter().sum();
         }
         "db" => {
-            let db = Db::builder(o).build().await.expect("connect Db");
-            for i in 0..n {
-                let user = db.find_by_identity(&ids[i % USERS]).await;
-                found += usize::from(user.expect("look-up").is_some());
+            let db = Db::builder(o.clone()).build().await.expect("connect Db");
+            let mut running = tokio::task::JoinSet::new();
+            for t in 0..tasks {
+                let (db, ids) = (db.clone(), ids.clone());
+                running.spawn(async move {
+                    let mut found = 0;
+                    for i in 0..each {
+                        let user = db.find_by_identity(&ids[(t + i) % USERS]).await;
+                        found += usize::from(user.expect("look-up").is_some());
+                    }
+                    found
+                });
             }
+            found = running.join_all().await.into_iter().sum();
+            let stats = db.stats();
+            eprintln!(
+                "COST_STATEMENTS {} {}",
+                stats.lookup_statements, stats.lookups
+            );
+            // `Db` opens connections as the load asks for them, each a SCRAM handshake of millions
+            // of instructions: the parent compares only runs that opened as many.
+            let mut conn = o.connect().await.expect("connect");
+            let opened: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("count the connections");
+            eprintln!("COST_CONNECTIONS {opened}");
         }
         "pool" => {
             let pool = livermore_db::pool_options()
@@ -56,18 +96,29 @@ async fn child(o: PgConnectOptions, way: &str, n: usize) {
                 .connect_with(o)
                 .await
                 .expect("connect");
-            for i in 0..n {
+            for i in 0..each * tasks {
                 let user = livermore_db::find_by_identity(&pool, &ids[i % USERS]).await;
                 found += usize::from(user.expect("look-up").is_some());
             }
         }
         other => panic!("unknown way {other}"),
     }
-    assert_eq!(found, n, "every look-up finds its user");
+    assert_eq!(found, each * tasks, "every look-up finds its user");
 }
 
-/// Runs the child under callgrind; the instructions it executed.
-fn counted(url: &str, way: &str, n: usize) -> u64 {
+/// What one run of the child under callgrind counted.
+struct Counted {
+    /// Instructions the client executed.
+    instructions: u64,
+    /// `Db`'s look-up statements and the look-ups they answered (zero for the other ways).
+    statements: u64,
+    lookups: u64,
+    /// The connections `Db` had open at the end (zero for the other ways).
+    connections: u64,
+}
+
+/// Runs the child under callgrind.
+fn counted(url: &str, way: &str, n: usize, tasks: usize) -> Counted {
     let out = Command::new("valgrind")
         .args([
             "--tool=callgrind",
@@ -78,20 +129,37 @@ fn counted(url: &str, way: &str, n: usize) -> u64 {
                 .to_string(),
             "--bench",
         ])
-        .env("COST_CHILD", format!("{way}:{n}"))
+        .env("COST_CHILD", format!("{way}:{n}:{tasks}"))
         .env("DATABASE_URL", url)
         .output()
         .expect("run valgrind (Debian's package valgrind)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the {way} run failed:\n{stderr}");
-    stderr
+    let instructions = stderr
         .lines()
         .find_map(|l| {
             l.split_once("Collected :")
                 .map(|(_, n)| n.trim().to_owned())
         })
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("callgrind printed no count:\n{stderr}"))
+        .unwrap_or_else(|| panic!("callgrind printed no count:\n{stderr}"));
+    let (statements, lookups) = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("COST_STATEMENTS "))
+        .and_then(|l| l.split_once(' '))
+        .map(|(s, l)| (s.parse().unwrap_or(0), l.parse().unwrap_or(0)))
+        .unwrap_or((0, 0));
+    let connections = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("COST_CONNECTIONS "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Counted {
+        instructions,
+        statements,
+        lookups,
+        connections,
+    }
 }
 
 #[tokio::main]
@@ -103,8 +171,14 @@ async fn main() {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (make bench-cost sets it)");
     let server = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
     if let Ok(spec) = std::env::var("COST_CHILD") {
-        let (way, n) = spec.split_once(':').expect("way:n");
-        child(server, way, n.parse().expect("a count")).await;
+        let mut parts = spec.split(':');
+        let mut next = || parts.next().expect("way:n:tasks");
+        let way = next().to_owned();
+        let (n, tasks) = (
+            next().parse().expect("a count"),
+            next().parse().expect("tasks"),
+        );
+        child(server, &way, n, tasks).await;
         return;
     }
     let scratch = support::Scratch::create(&server, DATABASE).await;
@@ -129,20 +203,53 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000);
+    let tasks: Vec<usize> = std::env::var("COST_TASKS")
+        .unwrap_or_else(|_| "1 4 8 16 64".to_owned())
+        .split_whitespace()
+        .map(|t| t.parse().expect("COST_TASKS: task counts"))
+        .collect();
     println!(
-        "client instructions per identity look-up (callgrind; one task; {n} vs {} look-ups)",
+        "client instructions per identity look-up (callgrind; {n} vs {} look-ups, shared by the tasks)",
         2 * n
     );
-    let mut held = None;
-    for way in ["held", "db", "pool"] {
-        let per = (counted(&child_url, way, 2 * n) as f64 - counted(&child_url, way, n) as f64)
-            / n as f64;
-        let base = *held.get_or_insert(per);
-        println!(
-            "{way:>5}: {per:>8.0} instructions ({:+.0} over a held connection, {:.2}x)",
-            per - base,
-            per / base
-        );
+    for &t in &tasks {
+        let ways: &[&str] = if t == 1 {
+            &["held", "db", "pool"]
+        } else {
+            &["held", "db"]
+        };
+        let mut held = None;
+        for way in ways {
+            // Runs that opened as many connections, or the last of a few tries (marked).
+            let mut tries = 0;
+            let (small, large) = loop {
+                let small = counted(&child_url, way, n, t);
+                let large = counted(&child_url, way, 2 * n, t);
+                tries += 1;
+                if small.connections == large.connections || tries == 5 {
+                    break (small, large);
+                }
+            };
+            let unequal = if small.connections == large.connections {
+                ""
+            } else {
+                " [connections differ: not comparable]"
+            };
+            let per = (large.instructions as f64 - small.instructions as f64) / n as f64;
+            let base = *held.get_or_insert(per);
+            let batch = match large.statements {
+                0 => String::new(),
+                s => format!(
+                    ", {:.2} look-ups a statement",
+                    large.lookups as f64 / s as f64
+                ),
+            };
+            println!(
+                "{t:>3} tasks {way:>5}: {per:>8.0} instructions ({:+.0} over held connections, {:.2}x{batch}){unequal}",
+                per - base,
+                per / base
+            );
+        }
     }
     scratch.drop().await;
 }
