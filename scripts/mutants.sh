@@ -26,7 +26,7 @@ tests_for() {
   case "$1" in
     src/clerk/webhook.rs) echo "--lib --test=it | webhook" ;;
     src/clerk/apply.rs) echo "--lib --test=it | clerk webhook::" ;;
-    src/db/routing.rs | src/db/dispatch.rs) echo "--lib --test=it | routing dispatch replicas:: lookup" ;;
+    src/db/routing.rs | src/db/dispatch.rs) echo "--lib --test=it | routing dispatch replicas:: lookup held::" ;;
     src/db/node/queue.rs | src/db/node/sender.rs) echo "--lib --test=it | lookup" ;;
     src/input.rs) echo "--lib --test=it | input users:: clerk::addresses clerk::random" ;;
     src/users/mod.rs) echo "--lib --test=it | users roles lookup clerk::addresses" ;;

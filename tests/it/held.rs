@@ -283,3 +283,28 @@ async fn a_locked_table_fails_calls_at_the_deadline(pool: PgPool) {
     locker.rollback().await.unwrap();
     assert!(db.find_by_identity(&identity).await.unwrap().is_some());
 }
+
+/// A handle on the primary alone has no replica to check: asking which replicas serve starts no
+/// check task, so no connection beyond those its calls use is opened (a check task samples the
+/// primary on a connection of its own every check interval).
+#[sqlx::test]
+async fn a_handle_without_replicas_runs_no_check_task(pool: PgPool) {
+    let options: PgConnectOptions = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name("held-no-checker");
+    let held = Db::builder(options)
+        .check_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let identity = Identity::parse("clerk", "user_held_no_checker").unwrap();
+    for _ in 0..3 {
+        assert!(held.serving_replicas().is_empty());
+        assert!(held.find_by_identity(&identity).await.unwrap().is_none());
+        // Many check intervals: a check task would have opened its connection by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(backends(&pool, "held-no-checker").await.len(), 1);
+}
