@@ -350,7 +350,7 @@ impl DbBuilder {
     }
 
     /// Identity look-ups coalesced at once on each server (default
-    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`). While at most twice this many
+    /// [`DEFAULT_LOOKUP_CONNECTIONS`], at most `connections`). While at most this many
     /// look-ups are in flight, each runs alone on a connection of its own; past that they queue,
     /// and this many statements at a time (each sent by a task of the handle's, never by a
     /// caller) carry what is queued, many look-ups a statement.

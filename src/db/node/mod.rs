@@ -31,8 +31,8 @@ pub(crate) struct Counts {
 }
 
 /// A server's held connections. At most `size` calls run at once. Identity look-ups run alone while
-/// few are in flight; past that they queue, and up to `lookup_size` sender tasks send the queued
-/// look-ups (up to `max_batch` a statement) as soon as each has a connection.
+/// at most `lookup_size` are in flight; past that they queue, and up to `lookup_size` sender tasks
+/// send the queued look-ups (up to `max_batch` a statement) as soon as each has a connection.
 ///
 /// The handle's part is shared with the sender tasks ([`NodeInner`]); dropping the handle closes it.
 pub(crate) struct Node(Arc<NodeInner>);
@@ -53,13 +53,19 @@ pub(crate) struct NodeInner {
     /// while it opened lands there, idle).
     conns: Arc<Conns>,
     turns: Arc<Semaphore>,
-    /// Identity look-up statements in flight at once when they are coalesced.
+    /// Identity look-up statements in flight at once when they are coalesced; and while at most
+    /// this many look-ups are in flight, each runs alone on a connection of its own (issue 33).
+    ///
+    /// Measured on 2 cores with generic plans (`BENCHMARKS.md`, "Look-ups alone up to
+    /// `lookup_connections`"): at 4 callers, letting twice as many run alone (as before) cost
+    /// 1.02-1.16x held-each's CPU per look-up at 0.89-0.95x its rate, against 0.81-0.84x and
+    /// 1.09-1.19x this way; one alone was worse at 2 callers (0.69x held-each's rate). Fewer
+    /// statements alone also leave the server's backends to the handle's writes (with 8 single
+    /// statements, a sign-in every 20 ms managed 14-31 in 3 s instead of 100).
     lookup_size: usize,
     queue: std::sync::Mutex<Queue>,
     /// Identity look-ups being answered now (callers inside [`Node::find_by_identity`]).
     lookups_in_flight: AtomicUsize,
-    /// While at most this many look-ups are in flight, each runs alone on a connection of its own.
-    alone_up_to: usize,
     pub(crate) size: usize,
     max_batch: usize,
     /// The `statement_timeout` its connections carry.
@@ -267,13 +273,8 @@ impl Node {
     ) -> Node {
         let size = size.max(1);
         let lookup_size = lookup_size.clamp(1, size);
-        // Measured on 2 cores (BENCHMARKS.md): single statements beat batches at 4 callers; at 8,
-        // single statements keep 8 server backends busy and starve the writes beside them (a
-        // sign-in every 20 ms managed 14-31 in 3 s instead of 100, replicas_stay_useful_under_writes).
-        let alone_up_to = (2 * lookup_size).min(size);
         Node(Arc::new(NodeInner {
             lookups_in_flight: AtomicUsize::new(0),
-            alone_up_to,
             opener: Arc::new(Opener {
                 options,
                 connect_timeout,

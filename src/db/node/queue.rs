@@ -32,15 +32,15 @@ pub(super) struct Queue {
 }
 
 impl Node {
-    /// An identity look-up. While few are in flight, each runs alone on a connection of its own;
-    /// beyond that they queue, and up to `lookup_size` sender tasks send whatever is queued,
-    /// `max_batch` a statement, as soon as each has a connection. The caller only waits for its
-    /// answer: it never sends the look-ups of others (a caller that did, under a steady stream,
-    /// could be held sending until its deadline, answered long before). Every answer comes from a
-    /// statement sent after the call was made: nothing is cached.
+    /// An identity look-up. While at most `lookup_size` are in flight, each runs alone on a
+    /// connection of its own; beyond that they queue, and up to `lookup_size` sender tasks send
+    /// whatever is queued, `max_batch` a statement, as soon as each has a connection. The caller
+    /// only waits for its answer: it never sends the look-ups of others (a caller that did, under a
+    /// steady stream, could be held sending until its deadline, answered long before). Every
+    /// answer comes from a statement sent after the call was made: nothing is cached.
     pub(crate) async fn find_by_identity(&self, identity: &Identity) -> Answer {
         let in_flight = InFlight::enter(&self.lookups_in_flight);
-        if in_flight.count <= self.alone_up_to {
+        if in_flight.count <= self.lookup_size {
             let mut lease = self.lease().await?;
             self.count(1);
             let result = find_by_identity(lease.conn(), identity).await;
