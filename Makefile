@@ -212,7 +212,7 @@ bench: ## Benchmarks against pgbench and psql \copy on the local server (see BEN
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) bench --bench iam
 
-bench-cost: ## The client's instructions per look-up (callgrind): held connection, Db, pool (see BENCHMARKS.md)
+bench-cost: ## The client's instructions per look-up (callgrind) at 1-64 tasks: held connections, Db, pool (see BENCHMARKS.md)
 	@url=$$($(LOCAL_DB) up); export DATABASE_URL="$$url"; \
 	SQLX_OFFLINE=true $(CARGO) bench --bench cost
 

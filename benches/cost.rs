@@ -78,8 +78,8 @@ async fn child(o: PgConnectOptions, way: &str, n: usize, tasks: usize) {
                 "COST_STATEMENTS {} {}",
                 stats.lookup_statements, stats.lookups
             );
-            // `Db` opens connections as the load asks for them, each a SCRAM handshake of millions
-            // of instructions: the parent compares only runs that opened as many.
+            // `Db` opens connections as the load asks for them: the parent compares only runs that
+            // opened as many (their opening is not counted, but what follows one is).
             let mut conn = o.connect().await.expect("connect");
             let opened: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity \
@@ -123,6 +123,11 @@ fn counted(url: &str, way: &str, n: usize, tasks: usize) -> Counted {
         .args([
             "--tool=callgrind",
             "--callgrind-out-file=/dev/null",
+            // Not counted: opening connections (sqlx's `establish`, the SCRAM handshake's
+            // millions of instructions), whose number may differ between the two runs. (The
+            // toggle alone would count only inside it: `--collect-atstart=yes` inverts that.)
+            "--toggle-collect=*establish*",
+            "--collect-atstart=yes",
             &std::env::current_exe()
                 .expect("this program")
                 .display()
