@@ -12,7 +12,6 @@
 mod row;
 mod username;
 
-use std::collections::HashMap;
 use std::future::Future;
 
 use sqlx::{Acquire, PgConnection, PgExecutor, Postgres};
@@ -93,40 +92,45 @@ pub(crate) async fn find_identities(
     }
     let providers: Vec<&str> = identities.iter().map(|i| i.provider.as_str()).collect();
     let subjects: Vec<&str> = identities.iter().map(|i| i.subject.as_str()).collect();
-    let rows = sqlx::query_as!(
-        UserRow,
-        r#"SELECT u.id, u.username, u.email, u.is_active, u.created_at, u.updated_at,
+    // One row per input found, numbered by its place among the inputs (a repeated identity is
+    // answered once for each place): no map from identities back to places, nothing cloned.
+    let rows = sqlx::query!(
+        r#"SELECT i.n AS "n!", u.id, u.username, u.email, u.is_active, u.created_at, u.updated_at,
                   u.identity_provider, u.identity_sub, u.display_name, u.identity_picture_url,
                   u.role, u.last_login_at, u.identity_updated_at, u.identity_role_updated_at,
                   u.role_source, u.released_email
-           FROM unnest($1::varchar[], $2::varchar[]) AS i(provider, sub)
+           FROM unnest($1::varchar[], $2::varchar[]) WITH ORDINALITY AS i(provider, sub, n)
            JOIN users u ON u.identity_provider = i.provider AND u.identity_sub = i.sub"#,
         &providers as &[&str],
         &subjects as &[&str],
     )
     .fetch_all(executor)
     .await?;
-    // Each row goes to the inputs that asked for it, moved (cloned only for a repeated identity).
-    let mut positions: HashMap<(&str, &str), Vec<usize>> = HashMap::with_capacity(identities.len());
-    for (i, (provider, subject)) in providers.iter().zip(&subjects).enumerate() {
-        positions.entry((*provider, *subject)).or_default().push(i);
-    }
-    let mut found: Vec<Option<User>> = vec![None; identities.len()];
-    for row in rows {
-        let key = (
-            row.identity_provider.as_deref().unwrap_or_default(),
-            row.identity_sub.as_deref().unwrap_or_default(),
-        );
-        let Some(at) = positions.get(&key).cloned() else {
+    let mut found: Vec<Option<User>> = Vec::new();
+    found.resize_with(identities.len(), || None);
+    for r in rows {
+        let place = usize::try_from(r.n).ok().and_then(|n| n.checked_sub(1));
+        let Some(slot) = place.and_then(|i| found.get_mut(i)) else {
             continue;
         };
-        let user = User::from(row);
-        if let Some((last, rest)) = at.split_last() {
-            for &i in rest {
-                found[i] = Some(user.clone());
-            }
-            found[*last] = Some(user);
-        }
+        *slot = Some(User::from(UserRow {
+            id: r.id,
+            username: r.username,
+            email: r.email,
+            is_active: r.is_active,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            identity_provider: r.identity_provider,
+            identity_sub: r.identity_sub,
+            display_name: r.display_name,
+            identity_picture_url: r.identity_picture_url,
+            role: r.role,
+            last_login_at: r.last_login_at,
+            identity_updated_at: r.identity_updated_at,
+            identity_role_updated_at: r.identity_role_updated_at,
+            role_source: r.role_source,
+            released_email: r.released_email,
+        }));
     }
     Ok(found)
 }

@@ -467,7 +467,7 @@ mod tests {
             let row = sqlx::query!(
                 r#"SELECT generic_plans AS "generic!", custom_plans AS "custom!"
                    FROM pg_prepared_statements
-                   WHERE statement LIKE '%FROM unnest($1::varchar[], $2::varchar[]) AS i(provider, sub)%'
+                   WHERE statement LIKE '%FROM unnest($1::varchar[], $2::varchar[]) WITH ORDINALITY AS i(provider, sub, n)%'
                      AND statement NOT LIKE '%pg_prepared_statements%'"#
             )
             .fetch_one(&mut *conn)
