@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: reading the `users` table's shape from the catalog.
+//! Helpers shared by the integration tests: reading the `users` table's shape from the catalog,
+//! locking `users`.
 #![allow(dead_code)]
 
 use sqlx::PgExecutor;
@@ -307,4 +308,15 @@ pub fn url_of(pool: &sqlx::PgPool) -> String {
         .to_owned();
     let (server, _) = base.rsplit_once('/').expect("a URL with a database");
     format!("{server}/{database}")
+}
+
+/// Takes `users`' strongest lock in a transaction of its own (until it is rolled back or dropped):
+/// every statement on `users`, look-ups included, waits on it.
+pub async fn lock_users(pool: &sqlx::PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    locker
 }

@@ -6,13 +6,18 @@ use livermore_db::{Db, Error, Identity, Profile};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
-async fn held(pool: &PgPool, connections: usize, name: &str) -> Db {
-    let options: PgConnectOptions = pool
-        .connect_options()
+use crate::common::lock_users;
+
+/// The test database's connect options, its sessions named `name` (for [`backends`]).
+fn named(pool: &PgPool, name: &str) -> PgConnectOptions {
+    pool.connect_options()
         .as_ref()
         .clone()
-        .application_name(name);
-    Db::builder(options)
+        .application_name(name)
+}
+
+async fn held(pool: &PgPool, connections: usize, name: &str) -> Db {
+    Db::builder(named(pool, name))
         .connections(connections)
         .build()
         .await
@@ -233,23 +238,14 @@ async fn server_errors_keep_the_connection_and_broken_ones_are_replaced(pool: Pg
 #[sqlx::test]
 #[ignore = "timing: make test runs it alone (cargo test -- --ignored --test-threads=1)"]
 async fn a_locked_table_fails_calls_at_the_deadline(pool: PgPool) {
-    let options: PgConnectOptions = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .application_name("held-deadline");
-    let db = Db::builder(options)
+    let db = Db::builder(named(&pool, "held-deadline"))
         .call_timeout(Duration::from_secs(1))
         .build()
         .await
         .unwrap();
     db.sign_in(&profile(1)).await.unwrap();
     let identity = Identity::parse("clerk", "user_held_1").unwrap();
-    let mut locker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let mut locker = lock_users(&pool).await;
     let asked = std::time::Instant::now();
     let result = db.find_by_identity(&identity).await;
     let took = asked.elapsed();
@@ -289,12 +285,7 @@ async fn a_locked_table_fails_calls_at_the_deadline(pool: PgPool) {
 /// primary on a connection of its own every check interval).
 #[sqlx::test]
 async fn a_handle_without_replicas_runs_no_check_task(pool: PgPool) {
-    let options: PgConnectOptions = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .application_name("held-no-checker");
-    let held = Db::builder(options)
+    let held = Db::builder(named(&pool, "held-no-checker"))
         .check_interval(Duration::from_millis(10))
         .build()
         .await

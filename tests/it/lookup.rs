@@ -4,6 +4,8 @@ use std::sync::Arc;
 use livermore_db::{Db, Error, Identity, Profile, Role, find_by_identities, set_role, sign_in};
 use sqlx::PgPool;
 
+use crate::common::lock_users;
+
 async fn users(pool: &PgPool, n: usize) -> Vec<(Identity, livermore_db::UserId)> {
     let mut out = Vec::new();
     for i in 0..n {
@@ -228,11 +230,7 @@ async fn a_statement_timeout_is_the_deadline_and_a_cancel_is_not(pool: PgPool) {
             .build()
     };
     let db = handle(std::time::Duration::from_millis(300)).await.unwrap();
-    let mut locker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = lock_users(&pool).await;
 
     let timed_out = db.find_by_identity(&identity).await;
     assert!(
@@ -307,17 +305,6 @@ async fn settled_waiting(pool: &PgPool, application: &str, expected: (i64, i64))
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     waiting_on_lock(pool, application).await
-}
-
-/// Takes `users`' strongest lock in a transaction of its own: every look-up waits on it.
-#[allow(clippy::disallowed_methods)]
-async fn lock_users(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut locker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
-    locker
 }
 
 /// Look-ups in tasks of their own, each answering with the id it expects.

@@ -13,6 +13,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+use crate::common::lock_users;
 use crate::support::{local_cluster_only, run_script};
 
 mod backfill;

@@ -231,11 +231,7 @@ async fn a_slow_lookup_goes_to_the_primary_and_the_replica_keeps_serving(primary
     // no timer interrupts (on a fast machine 100 000 rows arrive within the 100 ms, and take 0.5 s
     // to decode). The primary locks `users` ACCESS EXCLUSIVE for 400 ms; the standby replays the
     // lock, and the list waits there for it.
-    let mut locker = primary.begin().await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = lock_users(&primary).await;
     flush_wal(&primary).await;
     until_standby_locks_users(&options, true).await;
     let release = tokio::spawn(async move {
