@@ -42,10 +42,9 @@ async fn child(o: PgConnectOptions, way: &str, n: usize, tasks: usize) {
     let mut found = 0;
     match way {
         "held" => {
-            let mut running = tokio::task::JoinSet::new();
-            for t in 0..tasks {
+            found = in_tasks(tasks, |t| {
                 let (o, ids) = (o.clone(), ids.clone());
-                running.spawn(async move {
+                async move {
                     let mut conn = o.connect().await.expect("connect");
                     let mut found = 0;
                     for i in 0..each {
@@ -54,25 +53,24 @@ async fn child(o: PgConnectOptions, way: &str, n: usize, tasks: usize) {
                         found += usize::from(user.expect("look-up").is_some());
                     }
                     found
-                });
-            }
-            found = running.join_all().await.into_iter().sum();
+                }
+            })
+            .await;
         }
         "db" => {
             let db = Db::builder(o.clone()).build().await.expect("connect Db");
-            let mut running = tokio::task::JoinSet::new();
-            for t in 0..tasks {
+            found = in_tasks(tasks, |t| {
                 let (db, ids) = (db.clone(), ids.clone());
-                running.spawn(async move {
+                async move {
                     let mut found = 0;
                     for i in 0..each {
                         let user = db.find_by_identity(&ids[(t + i) % USERS]).await;
                         found += usize::from(user.expect("look-up").is_some());
                     }
                     found
-                });
-            }
-            found = running.join_all().await.into_iter().sum();
+                }
+            })
+            .await;
             let stats = db.stats();
             eprintln!(
                 "COST_STATEMENTS {} {}",
@@ -104,6 +102,20 @@ async fn child(o: PgConnectOptions, way: &str, n: usize, tasks: usize) {
         other => panic!("unknown way {other}"),
     }
     assert_eq!(found, each * tasks, "every look-up finds its user");
+}
+
+/// Runs `task(0)` to `task(tasks - 1)` at once, each in a task of its own; the sum of what they
+/// return (the users they found).
+async fn in_tasks<F, Fut>(tasks: usize, task: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = usize> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        running.spawn(task(t));
+    }
+    running.join_all().await.into_iter().sum()
 }
 
 /// What one run of the child under callgrind counted.
